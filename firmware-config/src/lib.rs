@@ -1,0 +1,324 @@
+//! The school box's declarative configuration: one TOML file, one serde struct per section, a default for
+//! every key, and errors that name the file, the line and the key.
+//!
+//! The daemon reads it once at start and passes it explicitly; nothing reads it globally.
+
+mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, Limit, Span};
+
+/// Why a configuration file could not be used. Each message is for the technician who wrote it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}, line {line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The whole file. Every section may be left out.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Which établissement this box serves.
+    pub identity: Identity,
+    /// The portal listener on the school LAN.
+    pub lan: Lan,
+    /// Where the box keeps its data.
+    pub storage: Storage,
+    /// Per-role storage quotas.
+    pub quota: Quota,
+    /// Portal sessions and login throttling.
+    pub login: Login,
+    /// Limits that protect the box from slow or hostile clients.
+    pub limits: Limits,
+    /// What gets logged.
+    pub logging: Logging,
+    /// Which hardware the box runs on; sets defaults sized for it.
+    pub hardware: Hardware,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Identity {
+    /// The school's UAI (7 digits and a letter, e.g. "0123456A"); empty until the box is provisioned.
+    pub uai: String,
+    /// The school's name as users see it on the portal.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lan {
+    /// Address and port of the portal (HTTP on loopback; the embedded default keeps the box private).
+    pub listen: SocketAddr,
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Lan { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// The data folder: metadata, file contents, keys. One daemon per folder.
+    pub data: PathBuf,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { data: PathBuf::from("relais-data") }
+    }
+}
+
+/// Storage quotas per role. Defaults follow the French ENTs (entcore): 10 GiB for teachers and staff,
+/// 1 GiB for pupils and parents; admins are not limited.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    pub pupil: Limit,
+    pub teacher: Limit,
+    pub parent: Limit,
+    pub staff: Limit,
+    pub admin: Limit,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            pupil: Limit(Some(1 << 30)),
+            teacher: Limit(Some(10 << 30)),
+            parent: Limit(Some(1 << 30)),
+            staff: Limit(Some(10 << 30)),
+            admin: Limit(None),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Login {
+    /// How long a portal session lasts after login.
+    pub session_lifetime: Span,
+    /// Failed logins allowed for one login within `window` before it is refused with 429.
+    pub max_failures_per_login: u32,
+    /// Failed logins allowed from one client address within `window` (a classroom shares one NAT address
+    /// only on the region side; on the LAN each PC has its own).
+    pub max_failures_per_client: u32,
+    /// The window over which failures are counted.
+    pub window: Span,
+}
+
+impl Default for Login {
+    fn default() -> Self {
+        Login {
+            session_lifetime: Span(std::time::Duration::from_secs(12 * 3600)),
+            max_failures_per_login: 5,
+            max_failures_per_client: 30,
+            window: Span(std::time::Duration::from_secs(15 * 60)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// A client must send its request headers within this time.
+    pub header_timeout: Span,
+    /// An upload that sends nothing for this long is abandoned (408).
+    pub body_idle_timeout: Span,
+    /// On shutdown, connections get this long to finish before they are cut.
+    pub shutdown_grace: Span,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Span(std::time::Duration::from_secs(30)),
+            body_idle_timeout: Span(std::time::Duration::from_secs(60)),
+            shutdown_grace: Span(std::time::Duration::from_secs(10)),
+            max_header_bytes: ByteSize(64 << 10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Logging {
+    /// One of "error", "warn", "info", "debug", "trace".
+    pub level: String,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging { level: "info".into() }
+    }
+}
+
+/// Hardware profiles the image is built for.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Profile {
+    #[default]
+    #[serde(rename = "x86_64-minipc")]
+    X86_64MiniPc,
+    #[serde(rename = "arm64-rpi4")]
+    Arm64Rpi4,
+    #[serde(rename = "arm64-rpi5")]
+    Arm64Rpi5,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hardware {
+    /// "x86_64-minipc", "arm64-rpi4" or "arm64-rpi5".
+    pub profile: Profile,
+}
+
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses the text of a configuration file; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            ConfigError::Invalid { path: path.to_owned(), line, message: e.message().to_string() }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |key, message: String| ConfigError::Value { path: path.to_owned(), key, message };
+        let uai = &self.identity.uai;
+        if !uai.is_empty() && !is_uai(uai) {
+            return Err(err(
+                "identity.uai",
+                format!("« {uai} » is not a UAI: 7 digits then a letter, e.g. \"0123456A\""),
+            ));
+        }
+        if !LOG_LEVELS.contains(&self.logging.level.as_str()) {
+            return Err(err(
+                "logging.level",
+                format!("« {} » is not one of {}", self.logging.level, LOG_LEVELS.join(", ")),
+            ));
+        }
+        if self.login.max_failures_per_login == 0 {
+            return Err(err("login.max_failures_per_login", "must be at least 1".into()));
+        }
+        if self.login.max_failures_per_client == 0 {
+            return Err(err("login.max_failures_per_client", "must be at least 1".into()));
+        }
+        if self.login.session_lifetime.0.as_secs() < 60 {
+            return Err(err("login.session_lifetime", "must be at least 1 minute".into()));
+        }
+        if self.limits.max_header_bytes.0 < 8192 {
+            return Err(err("limits.max_header_bytes", "must be at least 8KiB".into()));
+        }
+        if self.storage.data.as_os_str().is_empty() {
+            return Err(err("storage.data", "must name a folder".into()));
+        }
+        Ok(())
+    }
+
+    /// The configuration as a documented TOML file, with every default filled in.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// A UAI is 7 digits then one letter (the letter is a checksum we do not verify: test UAIs are made up).
+pub fn is_uai(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 8 && bytes[..7].iter().all(u8::is_ascii_digit) && bytes[7].is_ascii_alphabetic()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("relais.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config = parse("").expect("empty config");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.lan.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.quota.pupil, Limit(Some(1 << 30)));
+        assert_eq!(config.quota.admin, Limit(None));
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_documents_every_section() {
+        let text = include_str!("../relais.example.toml");
+        let config = parse(text).expect("example config");
+        assert_eq!(config.identity.uai, "0123456A");
+        for section in ["[identity]", "[lan]", "[storage]", "[quota]", "[login]", "[limits]", "[logging]", "[hardware]"] {
+            assert!(text.contains(section), "example lacks {section}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let e = parse("[quota]\npupil = \"1GiB\"\nteacher = \"lots\"\n").expect_err("bad size");
+        let text = e.to_string();
+        assert!(text.contains("line 3"), "{text}");
+        assert!(text.contains("lots"), "{text}");
+
+        let e = parse("[lan]\nlisten = \"127.0.0.1:8080\"\nport = 80\n").expect_err("unknown key");
+        let text = e.to_string();
+        assert!(text.contains("line 3") && text.contains("port"), "{text}");
+
+        let e = parse("[identity]\nuai = \"123\"\n").expect_err("bad uai");
+        assert!(e.to_string().contains("identity.uai"), "{e}");
+
+        let e = parse("[logging]\nlevel = \"loud\"\n").expect_err("bad level");
+        assert!(e.to_string().contains("logging.level"), "{e}");
+
+        let e = parse("[hardware]\nprofile = \"pdp11\"\n").expect_err("bad profile");
+        assert!(e.to_string().contains("x86_64-minipc"), "{e}");
+    }
+
+    #[test]
+    fn rendered_config_reads_back_identically() {
+        let config = parse("[quota]\npupil = \"2GiB\"\n[login]\nwindow = \"1h\"\n").expect("config");
+        let again = parse(&config.to_toml()).expect("rendered config");
+        assert_eq!(config, again);
+    }
+}

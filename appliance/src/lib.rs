@@ -1,1 +1,26 @@
-//! placeholder
+//! Relais: the school box of a French ENT. This library holds everything; `main.rs` only wires it.
+
+pub mod account;
+pub mod app;
+pub mod cli;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod path;
+pub mod server;
+pub mod session;
+pub mod space;
+pub mod store;
+pub mod throttle;
+
+use std::path::Path;
+
+use firmware_config::{Config, ConfigError};
+
+/// Loads the configuration file if one is given, else the embedded defaults.
+pub fn load_config(file: Option<&Path>) -> Result<Config, ConfigError> {
+    match file {
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
+    }
+}

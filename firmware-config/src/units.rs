@@ -71,7 +71,7 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, factor) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0 >= factor && self.0 % factor == 0 {
+            if self.0 >= factor && self.0.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", self.0 / factor);
             }
         }
@@ -92,7 +92,7 @@ impl Span {
             _ => return Err(bad()),
         };
         let secs = number * factor;
-        if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+        if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
             return Err(bad());
         }
         Ok(Span(Duration::from_secs_f64(secs)))
@@ -103,13 +103,13 @@ impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
         let secs = self.0.as_secs();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
-        } else if secs != 0 && secs % 86400 == 0 {
+        } else if secs != 0 && secs.is_multiple_of(86400) {
             write!(f, "{}d", secs / 86400)
-        } else if secs != 0 && secs % 3600 == 0 {
+        } else if secs != 0 && secs.is_multiple_of(3600) {
             write!(f, "{}h", secs / 3600)
-        } else if secs != 0 && secs % 60 == 0 {
+        } else if secs != 0 && secs.is_multiple_of(60) {
             write!(f, "{}m", secs / 60)
         } else {
             write!(f, "{secs}s")

@@ -1,0 +1,220 @@
+//! Accounts: who people are, their role and classes, and their password (argon2id, never stored in clear).
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use serde::{Deserialize, Serialize};
+
+use crate::path;
+
+/// The ENT profiles (entcore: Student, Teacher, Relative, Personnel, plus the box's own admin).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Pupil,
+    Teacher,
+    Parent,
+    Staff,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Pupil, Role::Teacher, Role::Parent, Role::Staff, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Pupil => "pupil",
+            Role::Teacher => "teacher",
+            Role::Parent => "parent",
+            Role::Staff => "staff",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// The French word the portal shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Pupil => "Élève",
+            Role::Teacher => "Enseignant",
+            Role::Parent => "Parent",
+            Role::Staff => "Personnel",
+            Role::Admin => "Administrateur",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct User {
+    pub login: String,
+    pub display_name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Logins of a parent's children.
+    #[serde(default)]
+    pub children: Vec<String>,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    /// Unix milliseconds.
+    pub created: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("l'identifiant « {0} » n'est pas valide : lettres minuscules, chiffres, « . », « - » ou « _ », 64 caractères au plus")]
+    BadLogin(String),
+    #[error("le nom affiché est vide ou trop long")]
+    BadDisplayName,
+    #[error("le mot de passe doit contenir au moins 8 caractères")]
+    WeakPassword,
+    #[error("le nom de classe « {0} » n'est pas valide")]
+    BadClass(String),
+    #[error("hachage du mot de passe impossible : {0}")]
+    Hash(String),
+}
+
+/// OWASP's recommended argon2id parameters: 19 MiB of memory, 2 passes, 1 lane.
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+pub fn hash_password(password: &str) -> Result<String, AccountError> {
+    let salt = SaltString::generate(&mut OsRng);
+    hasher()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AccountError::Hash(e.to_string()))
+}
+
+/// Checks a password against a stored hash. Slow on purpose (tens of ms): run it on a blocking thread.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(hash) => hasher().verify_password(password.as_bytes(), &hash).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash of a random password, verified against when the login is unknown so that an unknown login and a
+/// wrong password take the same time.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password(&random_password()).unwrap_or_default())
+}
+
+/// A password a technician can read aloud: 16 characters without look-alikes.
+pub fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..16).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+pub fn validate_login(login: &str) -> Result<(), AccountError> {
+    let ok = !login.is_empty()
+        && login.len() <= 64
+        && login
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && !login.starts_with('.')
+        && login != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(AccountError::BadLogin(login.to_string()))
+    }
+}
+
+/// What an admin asks for when creating an account.
+#[derive(Debug, Deserialize)]
+pub struct NewUser {
+    pub login: String,
+    pub display_name: String,
+    pub role: Role,
+    pub password: String,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    #[serde(default)]
+    pub children: Vec<String>,
+}
+
+impl NewUser {
+    /// Validates every field and hashes the password.
+    pub fn into_user(self) -> Result<User, AccountError> {
+        validate_login(&self.login)?;
+        let display_name = self.display_name.trim().to_string();
+        if display_name.is_empty() || display_name.chars().count() > 128 || display_name.chars().any(char::is_control) {
+            return Err(AccountError::BadDisplayName);
+        }
+        if self.password.chars().count() < 8 {
+            return Err(AccountError::WeakPassword);
+        }
+        let mut classes = Vec::new();
+        for class in self.classes {
+            let class = path::normalize_segment(class.trim()).map_err(|_| AccountError::BadClass(class.clone()))?;
+            if class == "rendus" {
+                return Err(AccountError::BadClass(class));
+            }
+            if !classes.contains(&class) {
+                classes.push(class);
+            }
+        }
+        for child in &self.children {
+            validate_login(child)?;
+        }
+        Ok(User {
+            login: self.login,
+            display_name,
+            role: self.role,
+            classes,
+            children: self.children,
+            password_hash: hash_password(&self.password)?,
+            created: crate::store::now_ms(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_against_their_hash() {
+        let hash = hash_password("correct horse").expect("hash");
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("correct horsE", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn logins_are_the_ent_kind() {
+        for ok in ["admin", "jean.dupont", "marie-claire.martin2", "a_b"] {
+            assert!(validate_login(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Jean", "jean dupont", "../x", ".hidden", "é", "a/b", &"x".repeat(65)] {
+            assert!(validate_login(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_users_are_checked_field_by_field() {
+        let base = || NewUser {
+            login: "lea.martin".into(),
+            display_name: "Léa Martin".into(),
+            role: Role::Pupil,
+            password: "motdepasse".into(),
+            classes: vec!["CM2 A".into(), "CM2 A".into()],
+            children: vec![],
+        };
+        let user = base().into_user().expect("valid");
+        assert_eq!(user.classes, vec!["CM2 A".to_string()]);
+        assert!(matches!(NewUser { password: "court".into(), ..base() }.into_user(), Err(AccountError::WeakPassword)));
+        assert!(matches!(NewUser { classes: vec!["../x".into()], ..base() }.into_user(), Err(AccountError::BadClass(_))));
+        assert!(matches!(NewUser { classes: vec!["rendus".into()], ..base() }.into_user(), Err(AccountError::BadClass(_))));
+        assert!(matches!(NewUser { display_name: " ".into(), ..base() }.into_user(), Err(AccountError::BadDisplayName)));
+    }
+}

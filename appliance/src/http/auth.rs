@@ -1,0 +1,78 @@
+//! `/api/login`, `/api/logout`, `/api/me`.
+
+use http::{header, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{body, json, set, with_status, ApiError, Ctx, Request, Response};
+use crate::account::User;
+use crate::session;
+
+#[derive(Deserialize)]
+struct Credentials {
+    login: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct Quota {
+    used: u64,
+    limit: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Me<'a> {
+    login: &'a str,
+    display_name: &'a str,
+    role: &'static str,
+    classes: Vec<String>,
+    children: &'a [String],
+    quota: Quota,
+}
+
+/// The `Set-Cookie` value for a new session (`Secure` is added once the portal speaks TLS).
+pub fn session_cookie(token: &str, max_age_secs: u64) -> String {
+    format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}", session::COOKIE)
+}
+
+pub fn clear_cookie() -> String {
+    format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", session::COOKIE)
+}
+
+pub async fn login(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    let idle = ctx.app.config.limits.body_idle_timeout.0;
+    let creds: Credentials = body::read_json(req, idle).await?;
+    let (token, user) = ctx.app.login(&creds.login, &creds.password, ctx.peer.ip()).await?;
+    let mut resp = me_response(ctx, &user)?;
+    let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
+    set(&mut resp, header::SET_COOKIE, &session_cookie(&token, max_age));
+    ctx.user = Some(user);
+    Ok(resp)
+}
+
+pub async fn logout(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    ctx.authenticate(req.headers())?;
+    if let Some((key, _)) = &ctx.session {
+        ctx.app.store.delete_session(key).await?;
+    }
+    let mut resp = with_status(StatusCode::NO_CONTENT, super::empty());
+    set(&mut resp, header::SET_COOKIE, &clear_cookie());
+    Ok(resp)
+}
+
+pub fn me(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
+    let user = ctx.authenticate(req.headers())?;
+    me_response(ctx, &user)
+}
+
+fn me_response(ctx: &Ctx, user: &User) -> Result<Response, ApiError> {
+    let family = ctx.app.family(user)?;
+    let me = Me {
+        login: &user.login,
+        display_name: &user.display_name,
+        role: user.role.as_str(),
+        classes: crate::space::classes_of(user, &family.children_classes),
+        children: &user.children,
+        quota: Quota { used: ctx.app.store.usage(&user.login)?, limit: ctx.app.quota(user.role) },
+    };
+    Ok(json(StatusCode::OK, &me))
+}

@@ -1,0 +1,98 @@
+//! Accepts connections and shuts down in order: stop accepting, let open requests finish within the grace
+//! period, stop background workers, flush the store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::http;
+
+/// How often expired sessions are swept from the store.
+const SESSION_SWEEP: Duration = Duration::from_secs(600);
+
+/// Serves the portal on `listener` until `shutdown` resolves, then drains and flushes.
+pub async fn run(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let limits = &app.config.limits;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.0)
+        .max_buf_size(limits.max_header_bytes.0 as usize)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweep_sessions(app.clone(), workers_stopped));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| http::serve(app.clone(), req, peer));
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    log::info!("shutting down: finishing open requests");
+    let grace = app.config.limits.shutdown_grace.0;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        log::warn!("some connections did not finish within {grace:?}; closing them");
+    }
+    let _ = stop_workers.send(true);
+    let _ = sweeper.await;
+    app.store.flush().await.map_err(std::io::Error::other)?;
+    log::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Background worker: drops expired sessions so the store does not grow with every login.
+async fn sweep_sessions(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SESSION_SWEEP) => {}
+            _ = stop.changed() => return,
+        }
+        match app.purge_sessions() {
+            Ok(0) => {}
+            Ok(n) => log::info!("dropped {n} expired sessions"),
+            Err(e) => log::warn!("session sweep failed: {e}"),
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

@@ -1,0 +1,516 @@
+//! The box's storage: metadata in sled, file contents as content-addressed blobs.
+//!
+//! This module is the only one that names sled, so the engine can be swapped in one place (garage had to
+//! drop sled when its databases grew). Every mutation follows one order: blob durable on disk, then one
+//! metadata transaction, then a metadata flush; callers acknowledge only after `commit_file`/`mkdir`/`delete`
+//! return. Metadata mutations are serialised by one async mutex: they are short, and it makes the blob
+//! garbage collection race-free (a blob is unlinked only while nobody can be adding a reference to it).
+
+mod blob;
+mod lock;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+pub use blob::{BlobWriter, Hash, Staged};
+pub use lock::{DataLock, LockError};
+
+use crate::account::User;
+use crate::session::Session;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("metadata database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("corrupt metadata record under {key}: {source}")]
+    Corrupt { key: String, source: serde_json::Error },
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    Exists,
+    #[error("a file stands where a folder is needed")]
+    NotADirectory,
+    #[error("this is a folder")]
+    IsADirectory,
+    #[error("quota exceeded")]
+    QuotaExceeded,
+}
+
+impl StoreError {
+    pub fn io(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io { path: path.to_owned(), source }
+    }
+}
+
+/// One file or folder of the tree.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Entry {
+    pub dir: bool,
+    pub size: u64,
+    /// Content hash (hex) for files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Last modification, Unix milliseconds.
+    pub modified: i64,
+    /// Whose quota the file counts against.
+    pub owner: String,
+}
+
+impl Entry {
+    pub fn blob(&self) -> Option<Hash> {
+        self.hash.as_deref().and_then(Hash::from_hex)
+    }
+}
+
+/// What `commit_file` did.
+#[derive(Debug)]
+pub struct Written {
+    pub entry: Entry,
+    /// True when the path did not exist before (201), false when it replaced a file (204).
+    pub created: bool,
+}
+
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    sessions: sled::Tree,
+    entries: sled::Tree,
+    refs: sled::Tree,
+    usage: sled::Tree,
+    blobs: blob::BlobStore,
+    /// Serialises metadata mutations; see the module documentation.
+    mutate: tokio::sync::Mutex<()>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Key of a tree entry: its parent path, NUL, its name. NUL cannot appear in a valid name, so a prefix scan
+/// on `parent\0` lists exactly the direct children.
+fn entry_key(path: &[String]) -> Vec<u8> {
+    let (name, parent) = match path.split_last() {
+        Some(split) => split,
+        None => return Vec::new(),
+    };
+    let mut key = parent.join("/").into_bytes();
+    key.push(0);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn children_prefix(path: &[String]) -> Vec<u8> {
+    let mut key = path.join("/").into_bytes();
+    key.push(0);
+    key
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our records are plain structs of strings and numbers: serialising them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn counter(value: Option<sled::IVec>) -> u64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(v) => match decode(key, &v) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => abort(e),
+        },
+    }
+}
+
+fn tx_add(tree: &TransactionalTree, key: &[u8], delta: i64) -> TxResult<u64> {
+    let value = (counter(tree.get(key)?) as i64).saturating_add(delta).max(0) as u64;
+    if value == 0 {
+        tree.remove(key)?;
+    } else {
+        tree.insert(key, &value.to_be_bytes())?;
+    }
+    Ok(value)
+}
+
+fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Db(e),
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data`, then sweeps what an interrupted run left behind.
+    /// The caller must hold the folder's `DataLock`.
+    pub fn open(data: &Path) -> Result<Store, StoreError> {
+        let blobs = blob::BlobStore::open(data)?;
+        let db = sled::Config::new()
+            .path(data.join("meta"))
+            .cache_capacity(16 << 20)
+            .open()?;
+        let store = Store {
+            users: db.open_tree("users")?,
+            sessions: db.open_tree("sessions")?,
+            entries: db.open_tree("entries")?,
+            refs: db.open_tree("refs")?,
+            usage: db.open_tree("usage")?,
+            db,
+            blobs,
+            mutate: tokio::sync::Mutex::new(()),
+        };
+        let removed = store
+            .blobs
+            .sweep(|hash| Ok(store.refs.contains_key(hash.0)?))?;
+        if removed > 0 {
+            log::info!("removed {removed} unreferenced blobs left by an interrupted run");
+        }
+        Ok(store)
+    }
+
+    /// Makes every committed change durable. Called before acknowledging and at shutdown.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    // ---- accounts ----
+
+    pub fn user(&self, login: &str) -> Result<Option<User>, StoreError> {
+        match self.users.get(login)? {
+            None => Ok(None),
+            Some(v) => decode(login.as_bytes(), &v).map(Some),
+        }
+    }
+
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.users
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Adds an account; `Exists` if the login is taken.
+    pub async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let swapped = self
+            .users
+            .compare_and_swap(&user.login, None as Option<&[u8]>, Some(encode(user)))?;
+        if swapped.is_err() {
+            return Err(StoreError::Exists);
+        }
+        self.flush().await
+    }
+
+    pub async fn put_user(&self, user: &User) -> Result<(), StoreError> {
+        self.users.insert(&user.login, encode(user))?;
+        self.flush().await
+    }
+
+    // ---- sessions ----
+
+    pub fn session(&self, key: &str) -> Result<Option<Session>, StoreError> {
+        match self.sessions.get(key)? {
+            None => Ok(None),
+            Some(v) => decode(key.as_bytes(), &v).map(Some),
+        }
+    }
+
+    pub async fn put_session(&self, key: &str, session: &Session) -> Result<(), StoreError> {
+        self.sessions.insert(key, encode(session))?;
+        self.flush().await
+    }
+
+    pub async fn delete_session(&self, key: &str) -> Result<(), StoreError> {
+        self.sessions.remove(key)?;
+        self.flush().await
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Drops sessions `expired` says are over; returns how many.
+    pub fn purge_sessions(&self, expired: impl Fn(&Session) -> bool) -> Result<usize, StoreError> {
+        let mut purged = 0;
+        for kv in self.sessions.iter() {
+            let (k, v) = kv?;
+            let gone = match decode::<Session>(&k, &v) {
+                Ok(session) => expired(&session),
+                Err(_) => true,
+            };
+            if gone {
+                self.sessions.remove(k)?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    // ---- the file tree ----
+
+    pub fn stat(&self, path: &[String]) -> Result<Option<Entry>, StoreError> {
+        if path.is_empty() {
+            return Ok(Some(Entry { dir: true, size: 0, hash: None, modified: 0, owner: String::new() }));
+        }
+        let key = entry_key(path);
+        match self.entries.get(&key)? {
+            None => Ok(None),
+            Some(v) => decode(&key, &v).map(Some),
+        }
+    }
+
+    /// The direct children of a folder, sorted by name.
+    pub fn list(&self, path: &[String]) -> Result<Vec<(String, Entry)>, StoreError> {
+        let prefix = children_prefix(path);
+        self.entries
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((name, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Every file below `path` (recursively), as paths relative to it, in a stable order.
+    pub fn walk_files(&self, path: &[String]) -> Result<Vec<(Vec<String>, Entry)>, StoreError> {
+        let mut out = Vec::new();
+        let mut stack = vec![Vec::<String>::new()];
+        while let Some(rel) = stack.pop() {
+            let mut full = path.to_vec();
+            full.extend(rel.iter().cloned());
+            for (name, entry) in self.list(&full)? {
+                let mut child = rel.clone();
+                child.push(name);
+                if entry.dir {
+                    stack.push(child);
+                } else {
+                    out.push((child, entry));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Bytes stored by `owner` (logical size: a deduplicated file still counts for each of its owners).
+    pub fn usage(&self, owner: &str) -> Result<u64, StoreError> {
+        Ok(counter(self.usage.get(owner)?))
+    }
+
+    /// Starts an upload limited to `max` bytes.
+    pub fn blob_writer(&self, max: Option<u64>) -> Result<BlobWriter, StoreError> {
+        self.blobs.writer(max)
+    }
+
+    pub async fn open_blob(&self, hash: Hash) -> Result<tokio::fs::File, StoreError> {
+        let path = self.blobs.path(hash);
+        tokio::fs::File::open(&path).await.map_err(|e| StoreError::io(&path, e))
+    }
+
+    pub fn blob_path(&self, hash: Hash) -> PathBuf {
+        self.blobs.path(hash)
+    }
+
+    pub fn blob_disk_usage(&self) -> (u64, u64) {
+        self.blobs.disk_usage()
+    }
+
+    /// Makes `staged` the content of `path`, creating missing parent folders, charging `owner` and refusing
+    /// with `QuotaExceeded` if their usage would pass `limit`. Durable when it returns.
+    pub async fn commit_file(
+        &self,
+        path: &[String],
+        staged: Staged,
+        owner: &str,
+        limit: Option<u64>,
+    ) -> Result<Written, StoreError> {
+        if path.is_empty() {
+            return Err(StoreError::IsADirectory);
+        }
+        let guard = self.mutate.lock().await;
+        let mut staged = staged;
+        let hash = staged.hash;
+        let size = staged.size;
+        let blobs = self.blobs.clone();
+        let _installed = tokio::task::spawn_blocking(move || blobs.install(&mut staged).map(|()| staged))
+            .await
+            .map_err(|e| StoreError::io(Path::new("blobs"), std::io::Error::other(e)))??;
+        let now = now_ms();
+        let key = entry_key(path);
+        let entry = Entry {
+            dir: false,
+            size,
+            hash: Some(hash.to_hex()),
+            modified: now,
+            owner: owner.to_string(),
+        };
+        let result = unwrap_tx((&self.entries, &self.refs, &self.usage).transaction(|(entries, refs, usage)| {
+            Self::tx_make_parents(entries, &path[..path.len() - 1], owner, now)?;
+            let old: Option<Entry> = tx_get(entries, &key)?;
+            let mut released = None;
+            if let Some(old) = &old {
+                if old.dir {
+                    return abort(StoreError::IsADirectory);
+                }
+                tx_add(usage, old.owner.as_bytes(), -(old.size as i64))?;
+                if let Some(h) = old.blob() {
+                    if tx_add(refs, &h.0, -1)? == 0 {
+                        released = Some(h);
+                    }
+                }
+            }
+            let used = tx_add(usage, owner.as_bytes(), size as i64)?;
+            if let Some(limit) = limit {
+                if used > limit {
+                    return abort(StoreError::QuotaExceeded);
+                }
+            }
+            tx_add(refs, &hash.0, 1)?;
+            entries.insert(key.as_slice(), encode(&entry))?;
+            Ok((old.is_none(), released.filter(|h| *h != hash)))
+        }));
+        let (created, released) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                if !self.refs.contains_key(hash.0)? {
+                    self.blobs.remove(hash)?;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(old) = released {
+            self.release(old)?;
+        }
+        drop(guard);
+        self.flush().await?;
+        Ok(Written { entry, created })
+    }
+
+    /// Creates a folder and its missing parents. `Exists` if a folder is already there.
+    pub async fn mkdir(&self, path: &[String], owner: &str) -> Result<Entry, StoreError> {
+        if path.is_empty() {
+            return Err(StoreError::Exists);
+        }
+        let guard = self.mutate.lock().await;
+        let now = now_ms();
+        let key = entry_key(path);
+        let entry = Entry { dir: true, size: 0, hash: None, modified: now, owner: owner.to_string() };
+        unwrap_tx(self.entries.transaction(|entries| {
+            Self::tx_make_parents(entries, &path[..path.len() - 1], owner, now)?;
+            match tx_get::<Entry>(entries, &key)? {
+                Some(e) if e.dir => abort(StoreError::Exists),
+                Some(_) => abort(StoreError::NotADirectory),
+                None => {
+                    entries.insert(key.as_slice(), encode(&entry))?;
+                    Ok(())
+                }
+            }
+        }))?;
+        drop(guard);
+        self.flush().await?;
+        Ok(entry)
+    }
+
+    /// Removes a file, or a folder with everything below it, releasing quota and unreferenced blobs.
+    pub async fn delete(&self, path: &[String]) -> Result<(), StoreError> {
+        if path.is_empty() {
+            return Err(StoreError::NotFound);
+        }
+        let guard = self.mutate.lock().await;
+        let key = entry_key(path);
+        // Descendants' keys start with the folder's path followed by NUL (children) or '/' (deeper).
+        let joined = path.join("/");
+        let mut doomed = vec![key.clone()];
+        for kv in self.entries.scan_prefix(joined.as_bytes()) {
+            let (k, _) = kv?;
+            let rest = &k[joined.len()..];
+            if rest.first() == Some(&0) || rest.first() == Some(&b'/') {
+                doomed.push(k.to_vec());
+            }
+        }
+        let released = unwrap_tx((&self.entries, &self.refs, &self.usage).transaction(|(entries, refs, usage)| {
+            if entries.get(&key)?.is_none() {
+                return abort(StoreError::NotFound);
+            }
+            let mut released = Vec::new();
+            for k in &doomed {
+                let Some(entry) = tx_get::<Entry>(entries, k)? else { continue };
+                entries.remove(k.as_slice())?;
+                if entry.dir {
+                    continue;
+                }
+                tx_add(usage, entry.owner.as_bytes(), -(entry.size as i64))?;
+                if let Some(h) = entry.blob() {
+                    if tx_add(refs, &h.0, -1)? == 0 {
+                        released.push(h);
+                    }
+                }
+            }
+            Ok(released)
+        }))?;
+        for hash in released {
+            self.release(hash)?;
+        }
+        drop(guard);
+        self.flush().await
+    }
+
+    /// Unlinks a blob nothing points to any more. Called with `mutate` held.
+    fn release(&self, hash: Hash) -> Result<(), StoreError> {
+        if !self.refs.contains_key(hash.0)? {
+            self.blobs.remove(hash)?;
+        }
+        Ok(())
+    }
+
+    fn tx_make_parents(entries: &TransactionalTree, parents: &[String], owner: &str, now: i64) -> TxResult<()> {
+        for depth in 1..=parents.len() {
+            let key = entry_key(&parents[..depth]);
+            match tx_get::<Entry>(entries, &key)? {
+                Some(e) if e.dir => {}
+                Some(_) => return abort(StoreError::NotADirectory),
+                None => {
+                    let dir = Entry { dir: true, size: 0, hash: None, modified: now, owner: owner.to_string() };
+                    entries.insert(key.as_slice(), encode(&dir))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -116,9 +116,7 @@ pub fn random_password() -> String {
 pub fn validate_login(login: &str) -> Result<(), AccountError> {
     let ok = !login.is_empty()
         && login.len() <= 64
-        && login
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && login.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
         && !login.starts_with('.')
         && login != "..";
     if ok {
@@ -213,8 +211,17 @@ mod tests {
         let user = base().into_user().expect("valid");
         assert_eq!(user.classes, vec!["CM2 A".to_string()]);
         assert!(matches!(NewUser { password: "court".into(), ..base() }.into_user(), Err(AccountError::WeakPassword)));
-        assert!(matches!(NewUser { classes: vec!["../x".into()], ..base() }.into_user(), Err(AccountError::BadClass(_))));
-        assert!(matches!(NewUser { classes: vec!["rendus".into()], ..base() }.into_user(), Err(AccountError::BadClass(_))));
-        assert!(matches!(NewUser { display_name: " ".into(), ..base() }.into_user(), Err(AccountError::BadDisplayName)));
+        assert!(matches!(
+            NewUser { classes: vec!["../x".into()], ..base() }.into_user(),
+            Err(AccountError::BadClass(_))
+        ));
+        assert!(matches!(
+            NewUser { classes: vec!["rendus".into()], ..base() }.into_user(),
+            Err(AccountError::BadClass(_))
+        ));
+        assert!(matches!(
+            NewUser { display_name: " ".into(), ..base() }.into_user(),
+            Err(AccountError::BadDisplayName)
+        ));
     }
 }

@@ -106,16 +106,11 @@ impl App {
             return Err(LoginError::Throttled(wait));
         }
         let user = self.store.user(login)?;
-        let phc = user
-            .as_ref()
-            .map(|u| u.password_hash.clone())
-            .unwrap_or_else(|| account::decoy_hash().to_string());
+        let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| account::decoy_hash().to_string());
         let ok = {
             let _permit = self.hashing.acquire().await;
             let password = password.to_string();
-            tokio::task::spawn_blocking(move || account::verify_password(&password, &phc))
-                .await
-                .unwrap_or(false)
+            tokio::task::spawn_blocking(move || account::verify_password(&password, &phc)).await.unwrap_or(false)
         };
         let user = match user {
             Some(user) if ok => user,
@@ -129,11 +124,8 @@ impl App {
         self.throttle.succeeded(login);
         let token = session::new_token();
         let lifetime = self.config.login.session_lifetime.0.as_millis() as i64;
-        let session = Session {
-            login: user.login.clone(),
-            expires: store::now_ms() + lifetime,
-            csrf: session::new_token(),
-        };
+        let session =
+            Session { login: user.login.clone(), expires: store::now_ms() + lifetime, csrf: session::new_token() };
         self.store.put_session(&session::key(&token), &session).await?;
         self.metrics.logins_ok.inc();
         log::info!("user {} logged in from {client}", user.login);

@@ -83,7 +83,12 @@ impl Metrics {
             ],
         );
         metric("relais_uploads_total", "counter", "Files written.", &[("", self.uploads.get())]);
-        metric("relais_upload_bytes_total", "counter", "Bytes received in files written.", &[("", self.upload_bytes.get())]);
+        metric(
+            "relais_upload_bytes_total",
+            "counter",
+            "Bytes received in files written.",
+            &[("", self.upload_bytes.get())],
+        );
         metric("relais_download_bytes_total", "counter", "File bytes sent.", &[("", self.download_bytes.get())]);
         metric("relais_users", "gauge", "Accounts.", &[("", gauges.users)]);
         metric("relais_sessions", "gauge", "Open portal sessions.", &[("", gauges.sessions)]);

@@ -67,9 +67,7 @@ pub fn parse(raw: &str) -> Result<UserPath, PathError> {
     let mut segments = Vec::new();
     let mut total = 0;
     for part in body.split('/') {
-        let decoded = percent_decode_str(part)
-            .decode_utf8()
-            .map_err(|_| PathError::Encoding)?;
+        let decoded = percent_decode_str(part).decode_utf8().map_err(|_| PathError::Encoding)?;
         let name = normalize_segment(&decoded)?;
         total += name.len() + 1;
         segments.push(name);
@@ -82,16 +80,9 @@ pub fn parse(raw: &str) -> Result<UserPath, PathError> {
 
 /// Percent-encodes a path for a URL, keeping the slashes between segments.
 pub fn encode(segments: &[String]) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    segments
-        .iter()
-        .map(|s| percent_encoding::utf8_percent_encode(s, SET).to_string())
-        .collect::<Vec<_>>()
-        .join("/")
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    segments.iter().map(|s| percent_encoding::utf8_percent_encode(s, SET).to_string()).collect::<Vec<_>>().join("/")
 }
 
 #[cfg(test)]

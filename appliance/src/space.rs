@@ -76,7 +76,8 @@ fn owned(parts: &[&str]) -> Vec<String> {
 /// user may not read (a `Target` with `read == false`, 403).
 pub fn resolve(user: &User, view: &[String], children_classes: &[String], children: &[String]) -> Option<Target> {
     let seg: Vec<&str> = view.iter().map(String::as_str).collect();
-    let target = |internal: Vec<String>, read, write, kind| Some(Target { internal: Some(internal), read, write, kind });
+    let target =
+        |internal: Vec<String>, read, write, kind| Some(Target { internal: Some(internal), read, write, kind });
     match seg.as_slice() {
         [] => Some(Target { internal: None, read: true, write: false, kind: Kind::Root }),
         ["me", rest @ ..] => {

@@ -16,22 +16,11 @@ pub use units::{ByteSize, Limit, Span};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}, line {line}: {message}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Invalid { path: PathBuf, line: usize, message: String },
     #[error("{path}: {key}: {message}")]
-    Value {
-        path: PathBuf,
-        key: &'static str,
-        message: String,
-    },
+    Value { path: PathBuf, key: &'static str, message: String },
 }
 
 /// The whole file. Every section may be left out.
@@ -201,20 +190,15 @@ const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(path, &text)
     }
 
     /// Parses the text of a configuration file; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1);
+            let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1);
             ConfigError::Invalid { path: path.to_owned(), line, message: e.message().to_string() }
         })?;
         config.validate(path)?;
@@ -289,7 +273,8 @@ mod tests {
         let text = include_str!("../relais.example.toml");
         let config = parse(text).expect("example config");
         assert_eq!(config.identity.uai, "0123456A");
-        for section in ["[identity]", "[lan]", "[storage]", "[quota]", "[login]", "[limits]", "[logging]", "[hardware]"] {
+        for section in ["[identity]", "[lan]", "[storage]", "[quota]", "[login]", "[limits]", "[logging]", "[hardware]"]
+        {
             assert!(text.contains(section), "example lacks {section}");
         }
     }

@@ -44,9 +44,7 @@ const SPAN_HELP: &str = "a duration such as \"30s\", \"15m\", \"12h\", \"90d\" o
 /// Splits "12.5 GiB" into (12.5, "gib").
 fn split_number(text: &str) -> Option<(f64, String)> {
     let text = text.trim();
-    let end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let number: f64 = text[..end].parse().ok()?;
     Some((number, text[end..].trim().to_ascii_lowercase()))
 }
@@ -55,11 +53,7 @@ impl ByteSize {
     pub fn parse(text: &str) -> Result<ByteSize, String> {
         let bad = || format!("« {text} » is not {SIZE_HELP}");
         let (number, unit) = split_number(text).ok_or_else(bad)?;
-        let factor = SIZE_UNITS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .map(|(_, f)| *f)
-            .ok_or_else(bad)?;
+        let factor = SIZE_UNITS.iter().find(|(name, _)| *name == unit).map(|(_, f)| *f).ok_or_else(bad)?;
         let bytes = number * factor as f64;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
             return Err(bad());
@@ -156,9 +150,7 @@ impl Limit {
         if text.trim().eq_ignore_ascii_case("none") {
             Ok(Limit(None))
         } else {
-            ByteSize::parse(text)
-                .map(|b| Limit(Some(b.0)))
-                .map_err(|e| format!("{e}, or \"none\""))
+            ByteSize::parse(text).map(|b| Limit(Some(b.0))).map_err(|e| format!("{e}, or \"none\""))
         }
     }
 }

@@ -50,7 +50,9 @@ pub async fn read_json<T: DeserializeOwned>(req: hyper::Request<Incoming>, idle:
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !is_json {
-        return Err(ApiError::BadRequest("le corps de la requête doit être du JSON (Content-Type: application/json)".into()));
+        return Err(ApiError::BadRequest(
+            "le corps de la requête doit être du JSON (Content-Type: application/json)".into(),
+        ));
     }
     let bytes = read_small(req.into_body(), idle, SMALL_BODY).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("JSON invalide : {e}")))

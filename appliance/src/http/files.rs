@@ -129,9 +129,7 @@ pub fn lookup(app: &App, user: &User, target: &Target, family: &Family) -> Resul
 }
 
 fn has_query_flag(req: &Request, flag: &str) -> bool {
-    req.uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == flag || kv.starts_with(&format!("{flag}="))))
+    req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == flag || kv.starts_with(&format!("{flag}="))))
 }
 
 pub async fn handle(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
@@ -160,7 +158,9 @@ pub async fn handle(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         Method::POST if has_query_flag(&req, "op=mkdir") => {
             let internal = writable(&target)?;
             match app.store.mkdir(internal, &user.login).await {
-                Ok(entry) => Ok(json(StatusCode::CREATED, &item(upath.segments.last().cloned().unwrap_or_default(), &entry))),
+                Ok(entry) => {
+                    Ok(json(StatusCode::CREATED, &item(upath.segments.last().cloned().unwrap_or_default(), &entry)))
+                }
                 Err(StoreError::Exists) => Ok(with_status(StatusCode::OK, empty())),
                 Err(e) => Err(e.into()),
             }
@@ -201,11 +201,8 @@ async fn put(ctx: &Ctx, user: &User, upath: &UserPath, target: &Target, req: Req
         return Err(ApiError::Conflict("un dossier porte déjà ce nom".into()));
     }
     let room = room(app, user, old.as_ref())?;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let (Some(room), Some(len)) = (room, declared) {
         if len > room {
             return Err(ApiError::QuotaExceeded);
@@ -332,7 +329,11 @@ pub async fn send_file(
         let disposition = if active { "attachment" } else { "inline" };
         let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
         set(&mut resp, header::CONTENT_DISPOSITION, &format!("{disposition}; filename*=UTF-8''{encoded}"));
-        set(&mut resp, header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'");
+        set(
+            &mut resp,
+            header::CONTENT_SECURITY_POLICY,
+            "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'",
+        );
     }
     set(&mut resp, header::ETAG, &etag);
     set(&mut resp, header::LAST_MODIFIED, &last_modified);
@@ -386,7 +387,12 @@ fn zip_folder(app: &App, upath: &UserPath, target: &Target, items: Vec<Item>) ->
         .into_iter()
         .filter_map(|(name, entry)| {
             let hash = entry.blob()?;
-            Some(zipstream::Member { name, path: app.store.blob_path(hash), size: entry.size, modified_ms: entry.modified })
+            Some(zipstream::Member {
+                name,
+                path: app.store.blob_path(hash),
+                size: entry.size,
+                modified_ms: entry.modified,
+            })
         })
         .collect();
     let mut resp = with_status(StatusCode::OK, zipstream::stream(entries));

@@ -220,11 +220,7 @@ pub async fn serve(app: Arc<App>, req: Request, peer: SocketAddr) -> Result<Resp
     set(&mut resp, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     let uai = if app.config.identity.uai.is_empty() { "-" } else { &app.config.identity.uai };
     let user = ctx.user.as_ref().map_or("-", |u| u.login.as_str());
-    log::info!(
-        "{uai} {user} {} {method} {path} {status} {}ms",
-        peer.ip(),
-        started.elapsed().as_millis()
-    );
+    log::info!("{uai} {user} {} {method} {path} {status} {}ms", peer.ip(), started.elapsed().as_millis());
     Ok(resp)
 }
 

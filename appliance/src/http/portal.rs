@@ -56,10 +56,7 @@ fn message(code: &str) -> Option<&'static str> {
 }
 
 fn query(req: &Request) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+    req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
 fn human_size(bytes: u64) -> String {
@@ -106,7 +103,11 @@ fn page(status: StatusCode, title: &str, user: Option<(&User, &Session)>, school
     let mut resp = with_status(status, full(markup.into_string()));
     set(&mut resp, header::CONTENT_TYPE, "text/html; charset=utf-8");
     set(&mut resp, header::CACHE_CONTROL, "no-store");
-    set(&mut resp, header::CONTENT_SECURITY_POLICY, "default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'");
+    set(
+        &mut resp,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
+    );
     set(&mut resp, header::X_FRAME_OPTIONS, "DENY");
     set(&mut resp, header::REFERRER_POLICY, "same-origin");
     resp
@@ -178,11 +179,7 @@ async fn read_form(ctx: &Ctx, req: Request) -> Result<HashMap<String, String>, A
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|h| session::cookie(h, name))
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|h| session::cookie(h, name))
 }
 
 fn login_page(ctx: &Ctx, headers: &HeaderMap, status: StatusCode, error: Option<&str>) -> Response {
@@ -205,7 +202,11 @@ fn login_page(ctx: &Ctx, headers: &HeaderMap, status: StatusCode, error: Option<
         }
     };
     let mut resp = page(status, "Connexion", None, &ctx.app.config.identity.name, content);
-    set(&mut resp, header::SET_COOKIE, &format!("{LOGIN_CSRF_COOKIE}={token}; Path=/connexion; HttpOnly; SameSite=Strict"));
+    set(
+        &mut resp,
+        header::SET_COOKIE,
+        &format!("{LOGIN_CSRF_COOKIE}={token}; Path=/connexion; HttpOnly; SameSite=Strict"),
+    );
     resp
 }
 
@@ -324,12 +325,13 @@ fn browse(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
     let q = query(req);
     let notice = q.get("msg").and_then(|c| message(c));
     let here = files_link(&upath.segments);
-    let writable = target.write || (target.internal.is_some() && matches!(target.kind, Kind::SpaceRoot) && {
-        // A space root is writable when a file inside it would be.
-        let mut probe = upath.segments.clone();
-        probe.push("x".into());
-        files::target(&ctx.app, &user, &probe).map(|(t, _)| t.write).unwrap_or(false)
-    });
+    let writable = target.write
+        || (target.internal.is_some() && matches!(target.kind, Kind::SpaceRoot) && {
+            // A space root is writable when a file inside it would be.
+            let mut probe = upath.segments.clone();
+            probe.push("x".into());
+            files::target(&ctx.app, &user, &probe).map(|(t, _)| t.write).unwrap_or(false)
+        });
     let zip_href = format!("/api/files/{}/?zip", path::encode(&upath.segments));
     let content = html! {
         nav.fil aria-label="Fil d'Ariane" {
@@ -373,7 +375,8 @@ fn browse(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
 fn row(dir: &[String], item: &Item, writable: bool, session: &Session) -> Markup {
     let mut child = dir.to_vec();
     child.push(item.name.clone());
-    let modified = if item.modified_ms > 0 { item.modified.replace('T', " ").replace('Z', " UTC") } else { String::new() };
+    let modified =
+        if item.modified_ms > 0 { item.modified.replace('T', " ").replace('Z', " UTC") } else { String::new() };
     html! {
         tr {
             td {
@@ -437,7 +440,8 @@ async fn upload(
     content_type: &str,
     req: Request,
 ) -> Result<(), ApiError> {
-    let boundary = multer::parse_boundary(content_type).map_err(|e| ApiError::BadRequest(format!("formulaire invalide : {e}")))?;
+    let boundary =
+        multer::parse_boundary(content_type).map_err(|e| ApiError::BadRequest(format!("formulaire invalide : {e}")))?;
     let idle = ctx.app.config.limits.body_idle_timeout.0;
     let mut multipart = multer::Multipart::new(body::stream(req.into_body(), idle), boundary);
     let bad = |e: multer::Error| match e {

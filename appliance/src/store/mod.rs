@@ -91,10 +91,7 @@ pub struct Store {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Key of a tree entry: its parent path, NUL, its name. NUL cannot appear in a valid name, so a prefix scan
@@ -117,10 +114,8 @@ fn children_prefix(path: &[String]) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).replace('\0', "/"),
-        source,
-    })
+    serde_json::from_slice(value)
+        .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), source })
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -129,10 +124,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn counter(value: Option<sled::IVec>) -> u64 {
-    value
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
+    value.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -173,10 +165,7 @@ impl Store {
     /// The caller must hold the folder's `DataLock`.
     pub fn open(data: &Path) -> Result<Store, StoreError> {
         let blobs = blob::BlobStore::open(data)?;
-        let db = sled::Config::new()
-            .path(data.join("meta"))
-            .cache_capacity(16 << 20)
-            .open()?;
+        let db = sled::Config::new().path(data.join("meta")).cache_capacity(16 << 20).open()?;
         let store = Store {
             users: db.open_tree("users")?,
             sessions: db.open_tree("sessions")?,
@@ -187,9 +176,7 @@ impl Store {
             blobs,
             mutate: tokio::sync::Mutex::new(()),
         };
-        let removed = store
-            .blobs
-            .sweep(|hash| Ok(store.refs.contains_key(hash.0)?))?;
+        let removed = store.blobs.sweep(|hash| Ok(store.refs.contains_key(hash.0)?))?;
         if removed > 0 {
             log::info!("removed {removed} unreferenced blobs left by an interrupted run");
         }
@@ -227,9 +214,7 @@ impl Store {
 
     /// Adds an account; `Exists` if the login is taken.
     pub async fn create_user(&self, user: &User) -> Result<(), StoreError> {
-        let swapped = self
-            .users
-            .compare_and_swap(&user.login, None as Option<&[u8]>, Some(encode(user)))?;
+        let swapped = self.users.compare_and_swap(&user.login, None as Option<&[u8]>, Some(encode(user)))?;
         if swapped.is_err() {
             return Err(StoreError::Exists);
         }
@@ -373,13 +358,7 @@ impl Store {
             .map_err(|e| StoreError::io(Path::new("blobs"), std::io::Error::other(e)))??;
         let now = now_ms();
         let key = entry_key(path);
-        let entry = Entry {
-            dir: false,
-            size,
-            hash: Some(hash.to_hex()),
-            modified: now,
-            owner: owner.to_string(),
-        };
+        let entry = Entry { dir: false, size, hash: Some(hash.to_hex()), modified: now, owner: owner.to_string() };
         let result = unwrap_tx((&self.entries, &self.refs, &self.usage).transaction(|(entries, refs, usage)| {
             Self::tx_make_parents(entries, &path[..path.len() - 1], owner, now)?;
             let old: Option<Entry> = tx_get(entries, &key)?;

@@ -6,7 +6,13 @@ fn p(path: &str) -> Vec<String> {
     path.split('/').map(String::from).collect()
 }
 
-async fn put(store: &Store, path: &str, content: &[u8], owner: &str, limit: Option<u64>) -> Result<Written, StoreError> {
+async fn put(
+    store: &Store,
+    path: &str,
+    content: &[u8],
+    owner: &str,
+    limit: Option<u64>,
+) -> Result<Written, StoreError> {
     let mut w = store.blob_writer(limit)?;
     w.write(content).await?;
     let staged = w.finish().await?;

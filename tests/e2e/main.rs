@@ -1,1 +1,20 @@
+//! End-to-end tests: the real `relais` binary on loopback, driven over HTTP. This file is the table of contents.
+//!
+//! Each test starts its own server (ephemeral port, temp data folder) and kills it on drop, so tests run in
+//! parallel and leave nothing behind. Run with `cargo test --test e2e -- --test-threads=2`.
 
+/// Starting, restarting and killing the server; HTTP clients; raw sockets; deterministic content.
+mod util;
+
+/// Login, sessions, cookies, throttling, admin-only endpoints, the data-folder lock, the first admin password.
+mod auth;
+/// Crash safety: SIGKILL during uploads, many times over; every acknowledged upload survives.
+mod crash;
+/// Upload and download, ranges, ETags, listings, mkdir and delete, quotas, dedup, restarts, Unicode names, zip.
+mod files;
+/// Hostile paths and requests: traversal, control characters, huge headers, over-quota and stalling clients.
+mod hostile;
+/// Health check, metrics, SIGTERM/SIGINT and draining.
+mod lifecycle;
+/// Who may read and write where: one table over the five roles and the four kinds of space.
+mod permissions;

@@ -393,11 +393,11 @@ impl Store {
                 return Err(e);
             }
         };
-        if let Some(old) = released {
-            self.release(old)?;
-        }
         drop(guard);
         self.flush().await?;
+        if let Some(old) = released {
+            self.release(old).await?;
+        }
         Ok(Written { entry, created })
     }
 
@@ -463,15 +463,19 @@ impl Store {
             }
             Ok(released)
         }))?;
-        for hash in released {
-            self.release(hash)?;
-        }
         drop(guard);
-        self.flush().await
+        self.flush().await?;
+        for hash in released {
+            self.release(hash).await?;
+        }
+        Ok(())
     }
 
-    /// Unlinks a blob nothing points to any more. Called with `mutate` held.
-    fn release(&self, hash: Hash) -> Result<(), StoreError> {
+    /// Unlinks a blob nothing points to any more. Only after the metadata that dropped the last reference is
+    /// flushed: unlinking earlier, a crash could bring back a file whose content is gone. A crash before the
+    /// unlink leaves an orphan that the next start sweeps.
+    async fn release(&self, hash: Hash) -> Result<(), StoreError> {
+        let _guard = self.mutate.lock().await;
         if !self.refs.contains_key(hash.0)? {
             self.blobs.remove(hash)?;
         }

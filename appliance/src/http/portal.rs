@@ -325,13 +325,13 @@ fn browse(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
     let q = query(req);
     let notice = q.get("msg").and_then(|c| message(c));
     let here = files_link(&upath.segments);
-    let writable = target.write
-        || (target.internal.is_some() && matches!(target.kind, Kind::SpaceRoot) && {
-            // A space root is writable when a file inside it would be.
-            let mut probe = upath.segments.clone();
-            probe.push("x".into());
-            files::target(&ctx.app, &user, &probe).map(|(t, _)| t.write).unwrap_or(false)
-        });
+    // Whether the user may add here, and remove each item: the permission of a path one level down.
+    let may_write = |name: &str| {
+        let mut probe = upath.segments.clone();
+        probe.push(name.to_string());
+        files::target(&ctx.app, &user, &probe).map(|(t, _)| t.write && t.kind == Kind::Inside).unwrap_or(false)
+    };
+    let writable = target.internal.is_some() && may_write("nouveau");
     let zip_href = format!("/api/files/{}/?zip", path::encode(&upath.segments));
     let content = html! {
         nav.fil aria-label="Fil d'Ariane" {
@@ -347,7 +347,7 @@ fn browse(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
             table {
                 thead { tr { th scope="col" { "Nom" } th scope="col" { "Taille" } th scope="col" { "Modifié" } th scope="col" { span { "Actions" } } } }
                 tbody {
-                    @for item in &items { (row(&upath.segments, item, writable, &session)) }
+                    @for item in &items { (row(&upath.segments, item, may_write(&item.name), &session)) }
                 }
             }
         }
@@ -372,15 +372,22 @@ fn browse(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
     Ok(page(StatusCode::OK, "Fichiers", Some((&user, &session)), &ctx.app.config.identity.name, content))
 }
 
+/// A date as people at the school read it: in the box's time zone, day first.
+fn local_time(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(ts) => ts.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%d/%m/%Y %H:%M").to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 fn row(dir: &[String], item: &Item, writable: bool, session: &Session) -> Markup {
     let mut child = dir.to_vec();
     child.push(item.name.clone());
-    let modified =
-        if item.modified_ms > 0 { item.modified.replace('T', " ").replace('Z', " UTC") } else { String::new() };
+    let modified = if item.modified_ms > 0 { local_time(item.modified_ms) } else { String::new() };
     html! {
         tr {
             td {
-                @if item.dir { a href=(files_link(&child)) { "📁 " (item.name) } }
+                @if item.dir { a href=(files_link(&child)) { (item.name) "/" } }
                 @else { a href=(format!("/api/files/{}", path::encode(&child))) download=(item.name) { (item.name) } }
             }
             td.n { @if !item.dir { (human_size(item.size)) } }

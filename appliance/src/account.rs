@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::path;
 
 /// The ENT profiles (entcore: Student, Teacher, Relative, Personnel, plus the box's own admin).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    #[default]
     Pupil,
     Teacher,
     Parent,
@@ -46,7 +47,7 @@ impl Role {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub login: String,
     pub display_name: String,
@@ -56,10 +57,38 @@ pub struct User {
     /// Logins of a parent's children.
     #[serde(default)]
     pub children: Vec<String>,
-    /// PHC string of the argon2id hash.
+    /// PHC string of the argon2id hash; empty until an imported account is activated.
+    #[serde(default)]
     pub password_hash: String,
     /// Unix milliseconds.
     pub created: i64,
+    /// The stable id of the national export the account came from (AAF `ENTPersonJointure`…); imports match
+    /// people by it, never by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// `(class, subject)` pairs a teacher teaches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth_date: Option<String>,
+    /// Set when a complete export no longer lists the person: the account is disabled at once and deleted,
+    /// with its personal space, after the configured delay (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving_since: Option<i64>,
+    /// One-time code printed on the activation sheet; the first login with it must choose a password. Kept in
+    /// clear (like a temporary password) so the admin can reprint the sheet; it dies at activation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_code: Option<String>,
+}
+
+impl User {
+    pub fn disabled(&self) -> bool {
+        self.leaving_since.is_some()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +200,7 @@ impl NewUser {
             children: self.children,
             password_hash: hash_password(&self.password)?,
             created: crate::store::now_ms(),
+            ..User::default()
         })
     }
 }

@@ -29,8 +29,19 @@ pub enum LoginError {
     BadCredentials,
     #[error("trop d'essais de connexion : réessayez dans {} minutes", .0.as_secs().div_ceil(60))]
     Throttled(std::time::Duration),
+    #[error("ce compte est désactivé : adressez-vous au secrétariat de l'école")]
+    Disabled,
+    #[error("première connexion : choisissez votre mot de passe")]
+    MustActivate,
+    #[error("le mot de passe doit contenir au moins 8 caractères")]
+    WeakPassword,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Activation codes are printed in groups (`ABCD-EFGH`); people type them with or without the dash, in any case.
+pub fn normalize_code(code: &str) -> String {
+    code.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect()
 }
 
 /// What a user's view depends on besides the user: a parent's children and their classes.
@@ -76,6 +87,7 @@ impl App {
             children: vec![],
             password_hash: hash.0,
             created: store::now_ms(),
+            ..User::default()
         };
         match self.store.create_user(&admin).await {
             Ok(()) => {
@@ -106,14 +118,27 @@ impl App {
             return Err(LoginError::Throttled(wait));
         }
         let user = self.store.user(login)?;
-        let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| account::decoy_hash().to_string());
+        // An account waiting for activation accepts its one-time code instead of a password.
+        let code = user.as_ref().and_then(|u| u.activation_code.clone()).filter(|_| {
+            user.as_ref().is_some_and(|u| u.password_hash.is_empty())
+        });
+        if let (Some(code), Some(_)) = (&code, &user) {
+            if session::same_secret(&normalize_code(password), code) {
+                return Err(LoginError::MustActivate);
+            }
+        }
+        let phc = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| account::decoy_hash().to_string());
         let ok = {
             let _permit = self.hashing.acquire().await;
             let password = password.to_string();
             tokio::task::spawn_blocking(move || account::verify_password(&password, &phc)).await.unwrap_or(false)
         };
         let user = match user {
-            Some(user) if ok => user,
+            Some(user) if ok && !user.password_hash.is_empty() => user,
             _ => {
                 self.throttle.failed(login, client);
                 self.metrics.logins_failed.inc();
@@ -121,14 +146,67 @@ impl App {
                 return Err(LoginError::BadCredentials);
             }
         };
+        if user.disabled() {
+            return Err(LoginError::Disabled);
+        }
         self.throttle.succeeded(login);
+        let token = self.open_session(&user).await?;
+        log::info!("user {} logged in from {client}", user.login);
+        Ok((token, user))
+    }
+
+    async fn open_session(&self, user: &User) -> Result<String, StoreError> {
         let token = session::new_token();
         let lifetime = self.config.login.session_lifetime.0.as_millis() as i64;
         let session =
             Session { login: user.login.clone(), expires: store::now_ms() + lifetime, csrf: session::new_token() };
         self.store.put_session(&session::key(&token), &session).await?;
         self.metrics.logins_ok.inc();
-        log::info!("user {} logged in from {client}", user.login);
+        Ok(token)
+    }
+
+    /// First login of an imported account: the one-time activation code buys the right to set a password.
+    /// Returns a session like `login`.
+    pub async fn activate(
+        &self,
+        login: &str,
+        code: &str,
+        password: &str,
+        client: IpAddr,
+    ) -> Result<(String, User), LoginError> {
+        if let Err(wait) = self.throttle.check(login, client) {
+            self.metrics.logins_throttled.inc();
+            return Err(LoginError::Throttled(wait));
+        }
+        let user = self.store.user(login)?;
+        let valid = user.as_ref().is_some_and(|u| {
+            u.password_hash.is_empty()
+                && u.activation_code.as_deref().is_some_and(|c| session::same_secret(c, &normalize_code(code)))
+        });
+        let Some(mut user) = user.filter(|_| valid) else {
+            self.throttle.failed(login, client);
+            self.metrics.logins_failed.inc();
+            return Err(LoginError::BadCredentials);
+        };
+        if user.disabled() {
+            return Err(LoginError::Disabled);
+        }
+        if password.chars().count() < 8 {
+            return Err(LoginError::WeakPassword);
+        }
+        let password = password.to_string();
+        user.password_hash = {
+            let _permit = self.hashing.acquire().await;
+            tokio::task::spawn_blocking(move || account::hash_password(&password))
+                .await
+                .map_err(|e| StoreError::io(Path::new("argon2"), std::io::Error::other(e)))?
+                .map_err(|e| StoreError::io(Path::new("argon2"), std::io::Error::other(e.to_string())))?
+        };
+        user.activation_code = None;
+        self.store.put_user(&user).await?;
+        self.throttle.succeeded(login);
+        let token = self.open_session(&user).await?;
+        log::info!("user {} activated their account from {client}", user.login);
         Ok((token, user))
     }
 
@@ -141,7 +219,7 @@ impl App {
         if session.expired(store::now_ms()) {
             return Ok(None);
         }
-        Ok(self.store.user(&session.login)?.map(|user| (key, session, user)))
+        Ok(self.store.user(&session.login)?.filter(|u| !u.disabled()).map(|user| (key, session, user)))
     }
 
     pub fn family(&self, user: &User) -> Result<Family, StoreError> {
@@ -168,6 +246,31 @@ impl App {
         classes.sort();
         classes.dedup();
         Ok(classes)
+    }
+
+    /// Deletes the accounts whose leaving delay has passed, with their personal space and hand-ins.
+    pub async fn purge_leavers(&self) -> Result<usize, StoreError> {
+        let delay = self.config.directory.leaver_delay.0.as_millis() as i64;
+        let now = store::now_ms();
+        let due: Vec<User> =
+            self.store.users()?.into_iter().filter(|u| u.leaving_since.is_some_and(|since| since + delay <= now)).collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let classes = self.all_classes()?;
+        for user in &due {
+            let mut spaces = vec![vec!["users".to_string(), user.login.clone()]];
+            spaces.extend(classes.iter().map(|c| vec!["classes".into(), c.clone(), "rendus".into(), user.login.clone()]));
+            for space in spaces {
+                match self.store.delete(&space).await {
+                    Ok(()) | Err(StoreError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.store.delete_user(&user.login).await?;
+            log::info!("deleted the account of {} (left the school), with their files", user.login);
+        }
+        Ok(due.len())
     }
 
     /// Drops expired sessions; run periodically.

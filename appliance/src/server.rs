@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use crate::app::App;
 use crate::http;
 
-/// How often expired sessions are swept from the store.
-const SESSION_SWEEP: Duration = Duration::from_secs(600);
+/// Longest pause between two housekeeping passes (expired sessions, leavers due for deletion).
+const HOUSEKEEPING: Duration = Duration::from_secs(600);
 
 /// Serves the portal on `listener` until `shutdown` resolves, then drains and flushes.
 pub async fn run(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
@@ -27,7 +27,7 @@ pub async fn run(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Out
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
-    let sweeper = tokio::spawn(sweep_sessions(app.clone(), workers_stopped));
+    let sweeper = tokio::spawn(housekeeping(app.clone(), workers_stopped));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -66,17 +66,22 @@ pub async fn run(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Out
     Ok(())
 }
 
-/// Background worker: drops expired sessions so the store does not grow with every login.
-async fn sweep_sessions(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Background worker: drops expired sessions so the store does not grow with every login, and deletes the
+/// accounts of people who left once their delay has passed. Runs often enough for a shortened delay (tests).
+async fn housekeeping(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let period = (app.config.directory.leaver_delay.0 / 4).clamp(Duration::from_secs(1), HOUSEKEEPING);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(SESSION_SWEEP) => {}
+            _ = tokio::time::sleep(period) => {}
             _ = stop.changed() => return,
         }
         match app.purge_sessions() {
             Ok(0) => {}
             Ok(n) => log::info!("dropped {n} expired sessions"),
             Err(e) => log::warn!("session sweep failed: {e}"),
+        }
+        if let Err(e) = app.purge_leavers().await {
+            log::warn!("deleting leavers failed: {e}");
         }
     }
 }

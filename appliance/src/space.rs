@@ -134,8 +134,7 @@ mod tests {
             role,
             classes: classes.iter().map(|s| s.to_string()).collect(),
             children: vec![],
-            password_hash: String::new(),
-            created: 0,
+            ..User::default()
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Config {
     pub login: Login,
     /// Limits that protect the box from slow or hostile clients.
     pub limits: Limits,
+    /// Imports of the national directory exports.
+    pub directory: Directory,
     /// What gets logged.
     pub logging: Logging,
     /// Which hardware the box runs on; sets defaults sized for it.
@@ -150,6 +152,22 @@ impl Default for Limits {
             shutdown_grace: Span(std::time::Duration::from_secs(10)),
             max_header_bytes: ByteSize(64 << 10),
         }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Directory {
+    /// How long a person missing from a complete export keeps their (disabled) account, personal space and
+    /// hand-ins before they are deleted. Teachers keep seeing the hand-ins until then.
+    pub leaver_delay: Span,
+    /// Largest import accepted (one file or a zip of several).
+    pub max_import_size: ByteSize,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Directory { leaver_delay: Span(std::time::Duration::from_secs(90 * 86400)), max_import_size: ByteSize(512 << 20) }
     }
 }
 
@@ -273,7 +291,8 @@ mod tests {
         let text = include_str!("../relais.example.toml");
         let config = parse(text).expect("example config");
         assert_eq!(config.identity.uai, "0123456A");
-        for section in ["[identity]", "[lan]", "[storage]", "[quota]", "[login]", "[limits]", "[logging]", "[hardware]"]
+        for section in
+            ["[identity]", "[lan]", "[storage]", "[quota]", "[login]", "[limits]", "[directory]", "[logging]", "[hardware]"]
         {
             assert!(text.contains(section), "example lacks {section}");
         }

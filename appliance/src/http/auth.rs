@@ -49,6 +49,25 @@ pub async fn login(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
+#[derive(Deserialize)]
+struct Activation {
+    login: String,
+    code: String,
+    password: String,
+}
+
+/// First login of an imported account: `{"login","code","password"}` sets the password and opens a session.
+pub async fn activate(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    let idle = ctx.app.config.limits.body_idle_timeout.0;
+    let a: Activation = body::read_json(req, idle).await?;
+    let (token, user) = ctx.app.activate(&a.login, &a.code, &a.password, ctx.peer.ip()).await?;
+    let mut resp = me_response(ctx, &user)?;
+    let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
+    set(&mut resp, header::SET_COOKIE, &session_cookie(&token, max_age));
+    ctx.user = Some(user);
+    Ok(resp)
+}
+
 pub async fn logout(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     ctx.authenticate(req.headers())?;
     if let Some((key, _)) = &ctx.session {

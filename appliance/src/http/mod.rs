@@ -58,6 +58,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("contenu trop volumineux")]
     PayloadTooLarge,
+    #[error("ce compte est désactivé : adressez-vous au secrétariat de l'école")]
+    AccountDisabled,
+    #[error("première connexion : choisissez votre mot de passe avec votre code d'activation")]
+    ActivationRequired,
     #[error("erreur interne du serveur : l'administrateur trouvera la cause dans le journal")]
     Internal(String),
 }
@@ -67,7 +71,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BadCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::AccountDisabled | ApiError::ActivationRequired => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
@@ -84,8 +88,11 @@ impl ApiError {
         #[derive(Serialize)]
         struct Error {
             error: String,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            activation_required: bool,
         }
-        let mut resp = json(self.status(), &Error { error: self.to_string() });
+        let activation_required = matches!(self, ApiError::ActivationRequired);
+        let mut resp = json(self.status(), &Error { error: self.to_string(), activation_required });
         match self {
             ApiError::Throttled(wait) => set(&mut resp, header::RETRY_AFTER, &wait.as_secs().max(1).to_string()),
             ApiError::RangeNotSatisfiable(size) => set(&mut resp, header::CONTENT_RANGE, &format!("bytes */{size}")),
@@ -118,6 +125,9 @@ impl From<LoginError> for ApiError {
         match e {
             LoginError::BadCredentials => ApiError::BadCredentials,
             LoginError::Throttled(wait) => ApiError::Throttled(wait),
+            LoginError::Disabled => ApiError::AccountDisabled,
+            LoginError::MustActivate => ApiError::ActivationRequired,
+            LoginError::WeakPassword => ApiError::BadRequest(e.to_string()),
             LoginError::Store(e) => e.into(),
         }
     }
@@ -232,6 +242,7 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (&Method::GET, "/metrics") => metrics(ctx, &req),
         (&Method::POST, "/api/login") => auth::login(ctx, req).await,
         (&Method::POST, "/api/logout") => auth::logout(ctx, req).await,
+        (&Method::POST, "/api/activate") => auth::activate(ctx, req).await,
         (&Method::GET, "/api/me") => auth::me(ctx, &req),
         (_, "/api/admin/users") => admin::users(ctx, req).await,
         (_, p) if p == "/api/files" || p.starts_with("/api/files/") => files::handle(ctx, req).await,

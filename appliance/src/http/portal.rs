@@ -146,6 +146,7 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         }
         (Method::GET, "/connexion") => Ok(login_page(ctx, req.headers(), StatusCode::OK, None)),
         (Method::POST, "/connexion") => login_submit(ctx, req).await,
+        (Method::POST, "/connexion/activation") => activation_submit(ctx, req).await,
         (Method::POST, "/deconnexion") => logout(ctx, req).await,
         (Method::GET, "/accueil") => home(ctx, &req),
         (Method::GET, "/admin/comptes") => accounts(ctx, &req),
@@ -227,6 +228,64 @@ async fn login_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError>
             ctx.user = Some(user);
             Ok(resp)
         }
+        Err(crate::app::LoginError::MustActivate) => Ok(activation_page(ctx, &headers, &login, &password, None)),
+        Err(e) => {
+            let e = ApiError::from(e);
+            Ok(login_page(ctx, &headers, e.status(), Some(&e.to_string())))
+        }
+    }
+}
+
+/// The first-login form: the activation code (carried over from the login form) and a new password twice.
+fn activation_page(ctx: &Ctx, headers: &HeaderMap, login: &str, code: &str, error: Option<&str>) -> Response {
+    let token = cookie_value(headers, LOGIN_CSRF_COOKIE).unwrap_or("").to_string();
+    let content = html! {
+        div.connexion {
+            h1 { "Première connexion" }
+            p { "Bienvenue ! Choisissez votre mot de passe (8 caractères au moins). Vous l'utiliserez à chaque connexion." }
+            @if let Some(error) = error { p.err role="alert" { (error) } }
+            form method="post" action="/connexion/activation" {
+                input type="hidden" name="csrf" value=(token);
+                input type="hidden" name="login" value=(login);
+                input type="hidden" name="code" value=(code);
+                label for="password" { "Nouveau mot de passe" }
+                input #password name="password" type="password" autocomplete="new-password" minlength="8" required autofocus;
+                label for="confirm" { "Confirmez le mot de passe" }
+                input #confirm name="confirm" type="password" autocomplete="new-password" minlength="8" required;
+                button type="submit" { "Enregistrer et se connecter" }
+            }
+        }
+    };
+    page(StatusCode::OK, "Première connexion", None, &ctx.app.config.identity.name, content)
+}
+
+async fn activation_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    let headers = req.headers().clone();
+    let form = read_form(ctx, req).await?;
+    let expected = cookie_value(&headers, LOGIN_CSRF_COOKIE).unwrap_or("").to_string();
+    if expected.is_empty() || check_csrf(&expected, &form).is_err() {
+        return Ok(login_page(ctx, &headers, StatusCode::BAD_REQUEST, Some("Le formulaire a expiré : recommencez.")));
+    }
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let (login, code, password) = (field("login"), field("code"), field("password"));
+    if password != field("confirm") {
+        return Ok(activation_page(ctx, &headers, &login, &code, Some("Les deux mots de passe sont différents.")));
+    }
+    match ctx.app.activate(&login, &code, &password, ctx.peer.ip()).await {
+        Ok((token, user)) => {
+            let mut resp = redirect("/accueil");
+            let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
+            set(&mut resp, header::SET_COOKIE, &auth::session_cookie(&token, max_age));
+            ctx.user = Some(user);
+            Ok(resp)
+        }
+        Err(crate::app::LoginError::WeakPassword) => Ok(activation_page(
+            ctx,
+            &headers,
+            &login,
+            &code,
+            Some("Le mot de passe doit contenir au moins 8 caractères."),
+        )),
         Err(e) => {
             let e = ApiError::from(e);
             Ok(login_page(ctx, &headers, e.status(), Some(&e.to_string())))

@@ -81,6 +81,8 @@ pub struct Written {
 pub struct Store {
     db: sled::Db,
     users: sled::Tree,
+    /// The accounts as they were before the last directory import, for undo.
+    users_snapshot: sled::Tree,
     sessions: sled::Tree,
     entries: sled::Tree,
     refs: sled::Tree,
@@ -89,6 +91,9 @@ pub struct Store {
     /// Serialises metadata mutations; see the module documentation.
     mutate: tokio::sync::Mutex<()>,
 }
+
+/// Key of the snapshot tree's marker (NUL cannot start a login).
+const SNAPSHOT_MARK: &[u8] = b"\0taken";
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -168,6 +173,7 @@ impl Store {
         let db = sled::Config::new().path(data.join("meta")).cache_capacity(16 << 20).open()?;
         let store = Store {
             users: db.open_tree("users")?,
+            users_snapshot: db.open_tree("users_snapshot")?,
             sessions: db.open_tree("sessions")?,
             entries: db.open_tree("entries")?,
             refs: db.open_tree("refs")?,
@@ -224,6 +230,61 @@ impl Store {
     pub async fn put_user(&self, user: &User) -> Result<(), StoreError> {
         self.users.insert(&user.login, encode(user))?;
         self.flush().await
+    }
+
+    pub async fn delete_user(&self, login: &str) -> Result<(), StoreError> {
+        self.users.remove(login)?;
+        self.flush().await
+    }
+
+    /// Writes a directory import: first a snapshot of every account (for undo), then all `changes` in one
+    /// atomic batch, so a crash leaves either the old directory or the new one.
+    pub async fn apply_directory(&self, changes: &[User]) -> Result<(), StoreError> {
+        let _guard = self.mutate.lock().await;
+        let mut snapshot = sled::Batch::default();
+        for kv in self.users_snapshot.iter() {
+            snapshot.remove(kv?.0);
+        }
+        for kv in self.users.iter() {
+            let (k, v) = kv?;
+            snapshot.insert(k, v);
+        }
+        snapshot.insert(SNAPSHOT_MARK, &now_ms().to_be_bytes());
+        self.users_snapshot.apply_batch(snapshot)?;
+        self.flush().await?;
+        let mut batch = sled::Batch::default();
+        for user in changes {
+            batch.insert(user.login.as_bytes(), encode(user));
+        }
+        self.users.apply_batch(batch)?;
+        self.flush().await
+    }
+
+    /// Puts back the accounts as they were before the last import. `NotFound` if there is no snapshot.
+    pub async fn undo_directory(&self) -> Result<usize, StoreError> {
+        let _guard = self.mutate.lock().await;
+        if !self.users_snapshot.contains_key(SNAPSHOT_MARK)? {
+            return Err(StoreError::NotFound);
+        }
+        let mut batch = sled::Batch::default();
+        for kv in self.users.iter() {
+            let (k, _) = kv?;
+            if !self.users_snapshot.contains_key(&k)? {
+                batch.remove(k);
+            }
+        }
+        let mut restored = 0;
+        for kv in self.users_snapshot.iter() {
+            let (k, v) = kv?;
+            if k.as_ref() != SNAPSHOT_MARK {
+                batch.insert(k, v);
+                restored += 1;
+            }
+        }
+        self.users.apply_batch(batch)?;
+        self.users_snapshot.clear()?;
+        self.flush().await?;
+        Ok(restored)
     }
 
     // ---- sessions ----

@@ -7,7 +7,11 @@ use std::sync::Arc;
 
 use firmware_config::Config;
 
+use std::path::PathBuf;
+
 use crate::account::{self, Role, User};
+use crate::directory::import::{self, Report};
+use crate::directory::upload;
 use crate::metrics::Metrics;
 use crate::session::{self, Session};
 use crate::store::{self, Store, StoreError};
@@ -271,6 +275,36 @@ impl App {
             log::info!("deleted the account of {} (left the school), with their files", user.login);
         }
         Ok(due.len())
+    }
+
+    /// Imports directory exports (each an uploaded file on disk, with the name the client gave if any):
+    /// all-or-nothing, with a snapshot for undo. The report lists every problem when nothing was changed.
+    pub async fn import(&self, uploads: Vec<(Option<String>, PathBuf)>) -> Result<Report, StoreError> {
+        let max_expanded = self.config.directory.max_import_size.0.saturating_mul(8);
+        let files = tokio::task::spawn_blocking(move || {
+            uploads.iter().flat_map(|(name, path)| upload::read(name.as_deref(), path, max_expanded)).collect()
+        })
+        .await
+        .map_err(|e| StoreError::io(Path::new("import"), std::io::Error::other(e)))?;
+        let existing = self.store.users()?;
+        let now = store::now_ms();
+        let plan = tokio::task::spawn_blocking(move || import::plan(&existing, files, now))
+            .await
+            .map_err(|e| StoreError::io(Path::new("import"), std::io::Error::other(e)))?;
+        if plan.report.errors.is_empty() {
+            self.store.apply_directory(&plan.changes).await?;
+            let r = &plan.report;
+            log::info!(
+                "directory import: {} created, {} updated, {} moved, {} leaving",
+                r.created,
+                r.updated,
+                r.moved,
+                r.leaving
+            );
+        } else {
+            log::warn!("directory import refused: {} problems, nothing changed", plan.report.errors.len());
+        }
+        Ok(plan.report)
     }
 
     /// Drops expired sessions; run periodically.

@@ -3,6 +3,8 @@
 pub mod account;
 pub mod app;
 pub mod cli;
+pub mod command;
+pub mod directory;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -47,6 +47,60 @@ pub async fn users(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     }
 }
 
+/// `POST /api/admin/import[?file=NAME]`: one export (CSV, XML) or a zip of several → the report; 422 with
+/// every problem and nothing changed if anything is wrong.
+pub async fn import(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    ctx.require_admin(req.headers())?;
+    let name = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "file").map(|(_, v)| v.into_owned())
+    });
+    let path = receive(ctx, req).await?;
+    let report = ctx.app.import(vec![(name, path.clone())]).await;
+    let _ = std::fs::remove_file(&path);
+    let report = report?;
+    let status = if report.errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    Ok(json(status, &report))
+}
+
+/// `POST /api/admin/import/undo`: puts the directory back as it was before the last import.
+pub async fn undo(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    ctx.require_admin(req.headers())?;
+    match ctx.app.store.undo_directory().await {
+        Ok(n) => {
+            log::info!("directory import undone: {n} accounts restored");
+            Ok(json(StatusCode::OK, &serde_json::json!({ "restored": n })))
+        }
+        Err(StoreError::NotFound) => Err(ApiError::Conflict("aucun import à annuler".into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Streams a request body into a scratch file, refusing more than the configured import size.
+pub async fn receive(ctx: &Ctx, req: Request) -> Result<std::path::PathBuf, ApiError> {
+    use std::io::Write;
+    let limit = ctx.app.config.directory.max_import_size.0;
+    let idle = ctx.app.config.limits.body_idle_timeout.0;
+    let (path, mut file) = ctx.app.store.scratch_file()?;
+    let mut body = req.into_body();
+    let mut size = 0u64;
+    let result = async {
+        while let Some(chunk) = super::body::next_chunk(&mut body, idle).await? {
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            file.write_all(&chunk).map_err(|e| ApiError::Internal(format!("import scratch file: {e}")))?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
 /// Validates, hashes (on a blocking thread) and stores a new account.
 pub async fn create(ctx: &Ctx, new: NewUser) -> Result<User, ApiError> {
     let login = new.login.clone();

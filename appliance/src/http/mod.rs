@@ -245,6 +245,8 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (&Method::POST, "/api/activate") => auth::activate(ctx, req).await,
         (&Method::GET, "/api/me") => auth::me(ctx, &req),
         (_, "/api/admin/users") => admin::users(ctx, req).await,
+        (&Method::POST, "/api/admin/import") => admin::import(ctx, req).await,
+        (&Method::POST, "/api/admin/import/undo") => admin::undo(ctx, req).await,
         (_, p) if p == "/api/files" || p.starts_with("/api/files/") => files::handle(ctx, req).await,
         (_, p) if p.starts_with("/api/") => Err(ApiError::NotFound),
         _ => Ok(portal::handle(ctx, req).await),

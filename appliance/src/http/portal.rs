@@ -51,6 +51,7 @@ fn message(code: &str) -> Option<&'static str> {
         "dossier" => "Dossier créé.",
         "supprime" => "Supprimé.",
         "compte" => "Compte créé.",
+        "annule" => "Le dernier import a été annulé : l'annuaire est revenu à son état précédent.",
         _ => return None,
     })
 }
@@ -150,6 +151,10 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (Method::POST, "/deconnexion") => logout(ctx, req).await,
         (Method::GET, "/accueil") => home(ctx, &req),
         (Method::GET, "/admin/comptes") => accounts(ctx, &req),
+        (Method::GET, "/admin/import") => import_page(ctx, &req),
+        (Method::POST, "/admin/import") => import_submit(ctx, req).await,
+        (Method::POST, "/admin/import/annuler") => import_undo(ctx, req).await,
+        (Method::GET, "/admin/activation") => activation_sheet(ctx, &req),
         (Method::POST, "/admin/comptes") => accounts_submit(ctx, req).await,
         (Method::GET, p) if p == "/fichiers" || p.starts_with("/fichiers/") => browse(ctx, &req),
         (Method::POST, p) if p.starts_with("/fichiers/") => files_submit(ctx, req).await,
@@ -361,6 +366,8 @@ fn home(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
             li { a href="/fichiers/school/" { "Espace de l'établissement" small { "Documents de l'école" } } }
             @if user.role == Role::Admin {
                 li { a href="/admin/comptes" { "Administration" small { "Comptes des utilisateurs" } } }
+                li { a href="/admin/import" { "Importer l'annuaire" small { "ONDE, AAF ou CSV" } } }
+                li { a href="/admin/activation" { "Fiches d'activation" small { "À imprimer, par classe" } } }
             }
         }
     };
@@ -644,4 +651,184 @@ async fn accounts_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiErr
         }
         Err(e) => Err(e),
     }
+}
+
+fn admin_session(ctx: &mut Ctx, headers: &HeaderMap) -> Result<(User, Session), ApiError> {
+    let (user, session) = logged_in(ctx, headers)?;
+    if user.role != Role::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    Ok((user, session))
+}
+
+fn import_form(session: &Session) -> Markup {
+    html! {
+        form method="post" action="/admin/import" enctype="multipart/form-data" {
+            input type="hidden" name="csrf" value=(session.csrf);
+            div.ligne {
+                div {
+                    label for="exports" { "Fichiers d'export (ONDE CSV, AAF XML, CSV, ou un zip)" }
+                    input #exports type="file" name="fichier" multiple required accept=".csv,.xml,.zip";
+                }
+                button type="submit" { "Importer" }
+            }
+        }
+        form method="post" action="/admin/import/annuler" {
+            input type="hidden" name="csrf" value=(session.csrf);
+            button.lien type="submit" { "Annuler le dernier import" }
+        }
+    }
+}
+
+fn import_page(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
+    let (user, session) = admin_session(ctx, req.headers())?;
+    let notice = query(req).get("msg").and_then(|c| message(c));
+    let content = html! {
+        h1 { "Importer l'annuaire" }
+        @if let Some(notice) = notice { p.msg role="status" { (notice) } }
+        p { "Déposez les exports de l'école : ONDE (CSVExtraction-eleves, -enseignants, -responsables), AAF (fichiers ENT_…_Complet_…xml) ou un CSV avec les colonnes nom, prénom, classe, profil. Rien n'est modifié si un fichier contient une erreur ; un instantané de l'annuaire est pris avant chaque import." }
+        (import_form(&session))
+        p { a href="/admin/activation" { "Fiches d'activation à imprimer" } " · " a href="/admin/comptes" { "Comptes" } }
+    };
+    Ok(page(StatusCode::OK, "Import", Some((&user, &session)), &ctx.app.config.identity.name, content))
+}
+
+async fn import_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    let (user, session) = admin_session(ctx, req.headers())?;
+    let content_type =
+        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let boundary = multer::parse_boundary(&content_type)
+        .map_err(|e| ApiError::BadRequest(format!("formulaire invalide : {e}")))?;
+    let idle = ctx.app.config.limits.body_idle_timeout.0;
+    let limit = ctx.app.config.directory.max_import_size.0;
+    let mut multipart = multer::Multipart::new(body::stream(req.into_body(), idle), boundary);
+    let mut uploads: Vec<(Option<String>, std::path::PathBuf)> = Vec::new();
+    let mut csrf_ok = false;
+    let result: Result<(), ApiError> = async {
+        let bad = |e: multer::Error| ApiError::BadRequest(format!("envoi interrompu : {e}"));
+        let mut total = 0u64;
+        while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+            match field.name() {
+                Some("csrf") => csrf_ok = session::same_secret(&field.text().await.map_err(bad)?, &session.csrf),
+                Some("fichier") if csrf_ok => {
+                    use std::io::Write;
+                    let name = field.file_name().map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string());
+                    let (path, mut file) = ctx.app.store.scratch_file()?;
+                    uploads.push((name, path));
+                    while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                        total += chunk.len() as u64;
+                        if total > limit {
+                            return Err(ApiError::PayloadTooLarge);
+                        }
+                        file.write_all(&chunk).map_err(|e| ApiError::Internal(format!("import scratch file: {e}")))?;
+                    }
+                }
+                _ => return Err(ApiError::BadRequest("formulaire expiré : rechargez la page et recommencez".into())),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let report = match result {
+        Ok(()) => ctx.app.import(uploads.clone()).await.map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    for (_, path) in &uploads {
+        let _ = std::fs::remove_file(path);
+    }
+    let report = report?;
+    let ok = report.errors.is_empty();
+    let content = html! {
+        h1 { "Rapport d'import" }
+        @if ok {
+            p.msg role="status" { "Import réussi." }
+        } @else {
+            p.err role="alert" { "L'import a été refusé : aucun compte n'a été modifié. Corrigez les fichiers puis recommencez." }
+        }
+        table {
+            tbody {
+                tr { th scope="row" { "Comptes créés" } td.n { (report.created) } }
+                tr { th scope="row" { "Comptes mis à jour" } td.n { (report.updated) } }
+                tr { th scope="row" { "Changements de classe" } td.n { (report.moved) } }
+                tr { th scope="row" { "Départs (comptes désactivés)" } td.n { (report.leaving) } }
+                tr { th scope="row" { "Erreurs" } td.n { (report.errors.len()) } }
+            }
+        }
+        @if !ok {
+            h2 { "Erreurs" }
+            table {
+                thead { tr { th scope="col" { "Fichier" } th scope="col" { "Ligne" } th scope="col" { "Champ" } th scope="col" { "Problème" } } }
+                tbody {
+                    @for e in &report.errors {
+                        tr { td { (e.file) } td.n { (e.line) } td { (e.field) } td { (e.message) } }
+                    }
+                }
+            }
+        }
+        h2 { "Nouvel import" }
+        (import_form(&session))
+        p { a href="/admin/activation" { "Fiches d'activation à imprimer" } }
+    };
+    let status = if ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    Ok(page(status, "Rapport d'import", Some((&user, &session)), &ctx.app.config.identity.name, content))
+}
+
+async fn import_undo(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    let (_, session) = admin_session(ctx, req.headers())?;
+    let form = read_form(ctx, req).await?;
+    check_csrf(&session.csrf, &form)?;
+    match ctx.app.store.undo_directory().await {
+        Ok(n) => {
+            log::info!("directory import undone from the portal: {n} accounts restored");
+            Ok(redirect("/admin/import?msg=annule"))
+        }
+        Err(crate::store::StoreError::NotFound) => Err(ApiError::Conflict("aucun import à annuler".into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Printable activation sheets: one card per person not yet activated, for one class (or all).
+fn activation_sheet(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
+    let (user, session) = admin_session(ctx, req.headers())?;
+    let class = query(req).get("classe").cloned();
+    let mut pending: Vec<User> = ctx
+        .app
+        .store
+        .users()?
+        .into_iter()
+        .filter(|u| u.activation_code.is_some() && !u.disabled())
+        .filter(|u| class.as_ref().is_none_or(|c| u.classes.contains(c)))
+        .collect();
+    pending.sort_by(|a, b| (a.classes.first(), &a.display_name).cmp(&(b.classes.first(), &b.display_name)));
+    let classes = ctx.app.all_classes()?;
+    let school = ctx.app.config.identity.name.clone();
+    let content = html! {
+        style { (PreEscaped(".fiches{display:grid;grid-template-columns:repeat(2,1fr);gap:.5rem}.fiche{border:1px dashed #555;padding:.8rem;background:#fff;break-inside:avoid}.fiche code{font-size:1.3rem;letter-spacing:.1rem}@media print{header,.noprint{display:none}main{margin:0;max-width:none}}")) }
+        div.noprint {
+            h1 { "Fiches d'activation" }
+            p { "Chaque fiche donne l'identifiant et le code d'activation d'une personne qui ne s'est pas encore connectée. À la première connexion, le code sert de mot de passe puis la personne choisit le sien." }
+            form.ligne method="get" action="/admin/activation" {
+                div {
+                    label for="classe" { "Classe" }
+                    select #classe name="classe" {
+                        option value="" { "Toutes" }
+                        @for c in &classes { option value=(c) selected[class.as_deref() == Some(c.as_str())] { (c) } }
+                    }
+                }
+                button type="submit" { "Afficher" }
+            }
+            p { (pending.len()) " fiche(s). Utilisez la fonction Imprimer du navigateur." }
+        }
+        div.fiches {
+            @for u in &pending {
+                div.fiche {
+                    p { strong { (u.display_name) } @if let Some(c) = u.classes.first() { " – " (c) } }
+                    p { "Identifiant : " code { (u.login) } }
+                    p { "Code d'activation : " code { (crate::directory::import::format_code(u.activation_code.as_deref().unwrap_or(""))) } }
+                    p { small { "Connectez-vous sur le portail " (school) " avec ce code comme mot de passe, puis choisissez votre mot de passe." } }
+                }
+            }
+        }
+    };
+    Ok(page(StatusCode::OK, "Fiches d'activation", Some((&user, &session)), &ctx.app.config.identity.name, content))
 }

@@ -89,12 +89,17 @@ impl BlobStore {
         self.root.join(&hex[..2]).join(hex)
     }
 
-    /// Starts a new upload. `max` is the most bytes it may hold (what is left of the writer's quota).
-    pub fn writer(&self, max: Option<u64>) -> Result<BlobWriter, StoreError> {
+    pub fn scratch_file(&self) -> Result<(PathBuf, File), StoreError> {
         let mut name = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut name);
         let path = self.tmp.join(blake3::hash(&name).to_hex().as_str());
         let file = File::create_new(&path).map_err(|e| StoreError::io(&path, e))?;
+        Ok((path, file))
+    }
+
+    /// Starts a new upload. `max` is the most bytes it may hold (what is left of the writer's quota).
+    pub fn writer(&self, max: Option<u64>) -> Result<BlobWriter, StoreError> {
+        let (path, file) = self.scratch_file()?;
         Ok(BlobWriter {
             file: Some(file),
             path,

@@ -379,6 +379,11 @@ impl Store {
         Ok(counter(self.usage.get(owner)?))
     }
 
+    /// A new scratch file under `tmp/` (emptied at every start), for uploads that are not file contents.
+    pub fn scratch_file(&self) -> Result<(PathBuf, std::fs::File), StoreError> {
+        self.blobs.scratch_file()
+    }
+
     /// Starts an upload limited to `max` bytes.
     pub fn blob_writer(&self, max: Option<u64>) -> Result<BlobWriter, StoreError> {
         self.blobs.writer(max)

@@ -123,9 +123,10 @@ impl App {
         }
         let user = self.store.user(login)?;
         // An account waiting for activation accepts its one-time code instead of a password.
-        let code = user.as_ref().and_then(|u| u.activation_code.clone()).filter(|_| {
-            user.as_ref().is_some_and(|u| u.password_hash.is_empty())
-        });
+        let code = user
+            .as_ref()
+            .and_then(|u| u.activation_code.clone())
+            .filter(|_| user.as_ref().is_some_and(|u| u.password_hash.is_empty()));
         if let (Some(code), Some(_)) = (&code, &user) {
             if session::same_secret(&normalize_code(password), code) {
                 return Err(LoginError::MustActivate);
@@ -256,15 +257,20 @@ impl App {
     pub async fn purge_leavers(&self) -> Result<usize, StoreError> {
         let delay = self.config.directory.leaver_delay.0.as_millis() as i64;
         let now = store::now_ms();
-        let due: Vec<User> =
-            self.store.users()?.into_iter().filter(|u| u.leaving_since.is_some_and(|since| since + delay <= now)).collect();
+        let due: Vec<User> = self
+            .store
+            .users()?
+            .into_iter()
+            .filter(|u| u.leaving_since.is_some_and(|since| since + delay <= now))
+            .collect();
         if due.is_empty() {
             return Ok(0);
         }
         let classes = self.all_classes()?;
         for user in &due {
             let mut spaces = vec![vec!["users".to_string(), user.login.clone()]];
-            spaces.extend(classes.iter().map(|c| vec!["classes".into(), c.clone(), "rendus".into(), user.login.clone()]));
+            spaces
+                .extend(classes.iter().map(|c| vec!["classes".into(), c.clone(), "rendus".into(), user.login.clone()]));
             for space in spaces {
                 match self.store.delete(&space).await {
                     Ok(()) | Err(StoreError::NotFound) => {}

@@ -167,7 +167,10 @@ pub struct Directory {
 
 impl Default for Directory {
     fn default() -> Self {
-        Directory { leaver_delay: Span(std::time::Duration::from_secs(90 * 86400)), max_import_size: ByteSize(512 << 20) }
+        Directory {
+            leaver_delay: Span(std::time::Duration::from_secs(90 * 86400)),
+            max_import_size: ByteSize(512 << 20),
+        }
     }
 }
 
@@ -245,8 +248,8 @@ impl Config {
         if self.login.max_failures_per_client == 0 {
             return Err(err("login.max_failures_per_client", "must be at least 1".into()));
         }
-        if self.login.session_lifetime.0.as_secs() < 60 {
-            return Err(err("login.session_lifetime", "must be at least 1 minute".into()));
+        if self.login.session_lifetime.0.as_secs() < 1 {
+            return Err(err("login.session_lifetime", "must be at least 1s".into()));
         }
         if self.limits.max_header_bytes.0 < 8192 {
             return Err(err("limits.max_header_bytes", "must be at least 8KiB".into()));
@@ -291,9 +294,17 @@ mod tests {
         let text = include_str!("../relais.example.toml");
         let config = parse(text).expect("example config");
         assert_eq!(config.identity.uai, "0123456A");
-        for section in
-            ["[identity]", "[lan]", "[storage]", "[quota]", "[login]", "[limits]", "[directory]", "[logging]", "[hardware]"]
-        {
+        for section in [
+            "[identity]",
+            "[lan]",
+            "[storage]",
+            "[quota]",
+            "[login]",
+            "[limits]",
+            "[directory]",
+            "[logging]",
+            "[hardware]",
+        ] {
             assert!(text.contains(section), "example lacks {section}");
         }
     }

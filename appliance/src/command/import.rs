@@ -38,7 +38,10 @@ pub fn run(args: ImportArgs) -> Outcome {
 
 fn spinner(message: String) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.set_message(message);
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
@@ -95,9 +98,7 @@ fn remote(url: &str, args: &ImportArgs) -> Result<Option<Report>, Failure> {
         .to_string();
     let call = |path: &str| agent.post(&format!("{base}{path}")).set("Cookie", &cookie);
     if args.undo {
-        call("/api/admin/import/undo")
-            .call()
-            .map_err(|e| Failure::runtime(format!("annulation refusée : {e}")))?;
+        call("/api/admin/import/undo").call().map_err(|e| Failure::runtime(format!("annulation refusée : {e}")))?;
         println!("dernier import annulé");
         return Ok(None);
     }
@@ -122,16 +123,25 @@ fn zip_files(files: &[PathBuf]) -> Result<Vec<u8>, Failure> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for f in files {
         let name = file_name(f).unwrap_or_else(|| "export".into());
-        zip.start_file(name, zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored))
-            .map_err(Failure::runtime)?;
+        zip.start_file(
+            name,
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+        )
+        .map_err(Failure::runtime)?;
         zip.write_all(&std::fs::read(f).map_err(Failure::runtime)?).map_err(Failure::runtime)?;
     }
     Ok(zip.finish().map_err(Failure::runtime)?.into_inner())
 }
 
 fn print_report(r: &Report) {
-    println!("créés : {}  mis à jour : {}  changements de classe : {}  départs : {}  erreurs : {}",
-        r.created, r.updated, r.moved, r.leaving, r.errors.len());
+    println!(
+        "créés : {}  mis à jour : {}  changements de classe : {}  départs : {}  erreurs : {}",
+        r.created,
+        r.updated,
+        r.moved,
+        r.leaving,
+        r.errors.len()
+    );
     for e in &r.errors {
         if e.line > 0 {
             eprintln!("{} ligne {} : {} ({})", e.file, e.line, e.message, e.field);

@@ -25,11 +25,12 @@ pub fn run(args: ServeArgs) -> Outcome {
             .await
             .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", app.config.lan.listen)))?;
         let addr = listener.local_addr().map_err(Failure::runtime)?;
+        let shutdown = server::shutdown_signal().map_err(Failure::runtime)?;
         if let Some(password) = admin_password {
             println!("admin password (shown once, write it down): {password}");
         }
         println!("listening on http://{addr}");
         log::info!("portal on http://{addr}, data in {}", data.display());
-        server::run(app, listener, server::shutdown_signal()).await.map_err(Failure::runtime)
+        server::run(app, listener, shutdown).await.map_err(Failure::runtime)
     })
 }

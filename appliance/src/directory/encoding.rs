@@ -232,7 +232,11 @@ impl<R: BufRead> BufRead for LineCounter<R> {
         if self.since_mark > self.limit {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, LimitError::Element(self.limit >> 20)));
         }
-        self.inner.fill_buf()
+        // Never hand out more than one byte past the limit, whatever the inner buffer holds (a whole file
+        // in memory is one slice), so that the next call fails.
+        let room = usize::try_from(self.limit + 1 - self.since_mark).unwrap_or(usize::MAX);
+        let buf = self.inner.fill_buf()?;
+        Ok(&buf[..buf.len().min(room)])
     }
 
     fn consume(&mut self, n: usize) {

@@ -133,11 +133,21 @@ pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
             user.login.clone()
         } else if let Some(wanted) = &p.login {
             if account::validate_login(wanted).is_err() {
-                errors.push(issue(&p.origin, "login", format!("identifiant de connexion « {wanted} » invalide (lettres minuscules, chiffres, . - _)")));
+                errors.push(issue(
+                    &p.origin,
+                    "login",
+                    format!("identifiant de connexion « {wanted} » invalide (lettres minuscules, chiffres, . - _)"),
+                ));
                 String::new()
             } else if taken.contains(wanted) {
-                let owner = by_login.get(wanted.as_str()).map_or("une autre personne de ce fichier".to_string(), |u| u.display_name.clone());
-                errors.push(issue(&p.origin, "login", format!("identifiant de connexion « {wanted} » déjà pris par {owner}")));
+                let owner = by_login
+                    .get(wanted.as_str())
+                    .map_or("une autre personne de ce fichier".to_string(), |u| u.display_name.clone());
+                errors.push(issue(
+                    &p.origin,
+                    "login",
+                    format!("identifiant de connexion « {wanted} » déjà pris par {owner}"),
+                ));
                 String::new()
             } else {
                 taken.insert(wanted.clone());
@@ -182,7 +192,13 @@ pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
                     let key = (fold::fold(last_name), fold::fold(first_name));
                     let candidates: Vec<&(usize, &Person)> = pupils_by_name
                         .get(&key)
-                        .map(|v| v.iter().filter(|(_, c)| class.as_ref().is_none_or(|cl| c.classes.is_empty() || c.classes.contains(cl))).collect())
+                        .map(|v| {
+                            v.iter()
+                                .filter(|(_, c)| {
+                                    class.as_ref().is_none_or(|cl| c.classes.is_empty() || c.classes.contains(cl))
+                                })
+                                .collect()
+                        })
                         .unwrap_or_default();
                     match candidates.as_slice() {
                         [(j, _)] => Ok(logins[*j].clone()),
@@ -342,14 +358,18 @@ mod tests {
             vec![parsed(vec![person("e.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2"), renamed], true)],
             5,
         );
-        assert_eq!((second.report.created, second.report.updated, second.report.moved, second.report.leaving), (0, 1, 1, 1));
+        assert_eq!(
+            (second.report.created, second.report.updated, second.report.moved, second.report.leaving),
+            (0, 1, 1, 1)
+        );
         apply(&mut users, &second);
         let zoe = users.iter().find(|u| u.external_id.as_deref() == Some("3")).expect("zoe");
         assert_eq!(zoe.leaving_since, Some(5));
         let tom = users.iter().find(|u| u.external_id.as_deref() == Some("2")).expect("tom");
         assert_eq!(tom.login, "tom.petit", "a renamed person keeps their login");
         // A partial (delta) export never marks anyone as leaving.
-        let third = plan(&users, vec![parsed(vec![person("d.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], false)], 9);
+        let third =
+            plan(&users, vec![parsed(vec![person("d.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], false)], 9);
         assert_eq!(third.report.leaving, 0);
     }
 
@@ -360,14 +380,24 @@ mod tests {
             ChildRef::Name { last_name: "MARTIN".into(), first_name: "Lea".into(), class: Some("CM2".into()) },
             ChildRef::Name { last_name: "Inconnu".into(), first_name: "Personne".into(), class: None },
         ];
-        let files = vec![parsed(vec![person("e.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], true), parsed(vec![mum.clone()], true)];
+        let files = vec![
+            parsed(vec![person("e.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], true),
+            parsed(vec![mum.clone()], true),
+        ];
         let bad = plan(&[], files, 1);
         assert!(bad.changes.is_empty());
         assert_eq!(bad.report.errors.len(), 1);
         assert_eq!((bad.report.errors[0].file.as_str(), bad.report.errors[0].line), ("r.csv", 2));
         assert!(bad.report.errors[0].message.contains("Personne Inconnu"), "{}", bad.report.errors[0].message);
         mum.children.pop();
-        let good = plan(&[], vec![parsed(vec![person("e.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], true), parsed(vec![mum], true)], 1);
+        let good = plan(
+            &[],
+            vec![
+                parsed(vec![person("e.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], true),
+                parsed(vec![mum], true),
+            ],
+            1,
+        );
         let parent = good.changes.iter().find(|u| u.role == Role::Parent).expect("parent");
         assert_eq!(parent.children, vec!["lea.martin".to_string()]);
     }

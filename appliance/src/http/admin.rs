@@ -51,9 +51,10 @@ pub async fn users(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
 /// every problem and nothing changed if anything is wrong.
 pub async fn import(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     ctx.require_admin(req.headers())?;
-    let name = req.uri().query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "file").map(|(_, v)| v.into_owned())
-    });
+    let name = req
+        .uri()
+        .query()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "file").map(|(_, v)| v.into_owned()));
     let path = receive(ctx, req).await?;
     let report = ctx.app.import(vec![(name, path.clone())]).await;
     let _ = std::fs::remove_file(&path);

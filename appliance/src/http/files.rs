@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt as _, TryStreamExt};
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -314,7 +314,7 @@ pub async fn send_file(
             empty()
         } else {
             app.metrics.download_bytes.add(len);
-            file_body(app, hash, start, len).await?
+            file_body(app, hash, start, len, size).await?
         };
         resp = with_status(status, body);
         set(&mut resp, header::CONTENT_LENGTH, &len.to_string());
@@ -342,23 +342,70 @@ pub async fn send_file(
     Ok(resp)
 }
 
-async fn file_body(app: &App, hash: crate::store::Hash, start: u64, len: u64) -> Result<super::Body, ApiError> {
+/// A blob's bytes `start..start+len`. When the whole file is sent, its hash is checked on the way: a blob
+/// damaged on disk is refused (small files) or its transfer cut before the end (large ones), so the client
+/// never takes a corrupt file for a good one.
+async fn file_body(
+    app: &App,
+    hash: crate::store::Hash,
+    start: u64,
+    len: u64,
+    size: u64,
+) -> Result<super::Body, ApiError> {
     let mut file = app.store.open_blob(hash).await?;
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start))
             .await
             .map_err(|e| ApiError::Internal(format!("seek in blob {hash:?}: {e}")))?;
     }
+    let whole = start == 0 && len == size;
     if len <= SMALL_FILE {
         let mut buf = Vec::with_capacity(len as usize);
         file.take(len)
             .read_to_end(&mut buf)
             .await
             .map_err(|e| ApiError::Internal(format!("read blob {hash:?}: {e}")))?;
+        if whole && blake3::hash(&buf).as_bytes() != &hash.0 || buf.len() as u64 != len {
+            return Err(ApiError::Internal(format!("blob {hash:?} is damaged on disk")));
+        }
         return Ok(full(buf));
     }
-    let stream = ReaderStream::with_capacity(file.take(len), STREAM_CHUNK).map_ok(Frame::data);
-    Ok(StreamBody::new(stream).boxed())
+    let chunks = ReaderStream::with_capacity(file.take(len), STREAM_CHUNK);
+    if !whole {
+        return Ok(BodyExt::boxed(StreamBody::new(chunks.map_ok(Frame::data))));
+    }
+    // Each chunk is held back until the next one is read, so the last one goes out only once the hash of the
+    // whole file checked out: with a Content-Length, a client that got every byte would take the file as good.
+    let checked = futures_util::stream::unfold(
+        (chunks, blake3::Hasher::new(), 0u64, None::<bytes::Bytes>, false),
+        move |(mut chunks, mut hasher, mut read, mut pending, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match chunks.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        read += chunk.len() as u64;
+                        if let Some(previous) = pending.replace(chunk) {
+                            return Some((Ok(Frame::data(previous)), (chunks, hasher, read, pending, false)));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (chunks, hasher, read, None, true))),
+                    None if read == len && hasher.finalize().as_bytes() == &hash.0 => {
+                        return pending.map(|last| (Ok(Frame::data(last)), (chunks, hasher, read, None, true)));
+                    }
+                    None => return Some((Err(damaged(hash)), (chunks, hasher, read, None, true))),
+                }
+            }
+        },
+    );
+    Ok(BodyExt::boxed(StreamBody::new(checked)))
+}
+
+fn damaged(hash: crate::store::Hash) -> std::io::Error {
+    log::error!("blob {hash:?} is damaged on disk: transfer cut");
+    std::io::Error::other(format!("blob {hash:?} is damaged"))
 }
 
 fn zip_folder(app: &App, upath: &UserPath, target: &Target, items: Vec<Item>) -> Result<Response, ApiError> {

@@ -695,8 +695,7 @@ fn import_page(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
 
 async fn import_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     let (user, session) = admin_session(ctx, req.headers())?;
-    let content_type =
-        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let boundary = multer::parse_boundary(&content_type)
         .map_err(|e| ApiError::BadRequest(format!("formulaire invalide : {e}")))?;
     let idle = ctx.app.config.limits.body_idle_timeout.0;

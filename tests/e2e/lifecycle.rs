@@ -1,0 +1,119 @@
+//! The server as a process: health check, metrics, and the way it stops (SIGTERM/SIGINT drain, then exit 0).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::util::*;
+
+#[test]
+fn healthz_answers_ok_without_login() {
+    let relais = Relais::start("");
+    let resp = relais.anonymous().call("GET", "/healthz").expect_status(200);
+    assert_eq!(resp.text().trim(), "ok", "{resp:?}");
+}
+
+#[test]
+fn metrics_are_prometheus_text_from_loopback() {
+    let relais = Relais::start("");
+    let admin = relais.admin();
+    admin.put("me/a.txt", b"abc").expect_status(201);
+    let resp = relais.anonymous().call("GET", "/metrics").expect_status(200);
+    let content_type = resp.header("content-type").unwrap_or_default();
+    assert!(content_type.starts_with("text/plain"), "Content-Type {content_type:?}");
+    let text = resp.text();
+    assert!(text.lines().any(|l| l.starts_with("# TYPE ")), "no `# TYPE` line in:\n{text}");
+    let mut samples = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        // name{labels} value [timestamp]
+        let (name_and_labels, rest) = match line.find('}') {
+            Some(i) => (&line[..=i], line[i + 1..].trim()),
+            None => line.split_once(' ').map(|(a, b)| (a, b.trim())).unwrap_or((line, "")),
+        };
+        let name = name_and_labels.split('{').next().unwrap_or_default();
+        assert!(
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        let value = rest.split_whitespace().next().unwrap_or_default();
+        let ok = value.parse::<f64>().is_ok() || matches!(value, "+Inf" | "-Inf" | "NaN");
+        assert!(ok, "bad sample value in {line:?}");
+        samples += 1;
+    }
+    assert!(samples > 0, "no samples in:\n{text}");
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut relais = Relais::start("");
+        relais.anonymous().call("GET", "/healthz").expect_status(200);
+        relais.signal(signal);
+        let status = relais.wait_exit(Duration::from_secs(15));
+        assert_eq!(status.code(), Some(0), "exit status after {signal}: {status:?}");
+    }
+}
+
+#[test]
+fn idle_connection_does_not_hold_shutdown_past_the_grace() {
+    let mut relais = Relais::start("[limits]\nshutdown_grace = \"2s\"\n");
+    // A keep-alive connection that made one request and then sits idle, and one that never spoke.
+    let mut idle = raw_connect(relais.addr());
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
+    let mut reader = RawReader::new(idle);
+    assert_eq!(reader.response().expect("healthz").status, 200);
+    let _silent = raw_connect(relais.addr());
+
+    let started = Instant::now();
+    relais.signal(Signal::SIGTERM);
+    let status = relais.wait_exit(Duration::from_secs(20));
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status: {status:?}");
+    assert!(took < Duration::from_secs(6), "exit took {took:?} with shutdown_grace = 2s");
+}
+
+#[test]
+fn shutdown_drains_an_upload_in_flight() {
+    let config = format!("{NO_QUOTAS}\n[limits]\nshutdown_grace = \"15s\"\nbody_idle_timeout = \"15s\"\n");
+    let mut relais = Relais::start(&config);
+    let admin = relais.admin();
+    let cookie = admin.cookie().expect("logged in").to_string();
+    let body = content(7, 4000);
+
+    // `Expect: 100-continue`: the server says "100 Continue" once its handler reads the body, which proves
+    // the upload is in flight (an idle keep-alive connection may rightly be closed at once on SIGTERM).
+    let stream = raw_connect(relais.addr());
+    let mut writer = stream.try_clone().expect("clone socket");
+    let mut reader = RawReader::new(stream);
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        files_url("me/drain.bin"),
+        body.len()
+    );
+    writer.write_all(head.as_bytes()).expect("write head");
+    let interim = reader.response().expect("an answer to Expect: 100-continue");
+    assert_eq!(interim.status, 100, "{interim:?}");
+    writer.write_all(&body[..2000]).expect("write the first half");
+
+    relais.signal(Signal::SIGTERM);
+    // The server stops accepting: new connections are refused while the upload is still open.
+    let addr = relais.addr();
+    wait_until("the listener to close after SIGTERM", Duration::from_secs(5), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+    });
+    assert!(relais.is_running(), "relais exited with an upload in flight");
+
+    writer.write_all(&body[2000..]).expect("write the second half");
+    let resp = reader.response().expect("response to the drained upload");
+    assert_eq!(resp.status, 201, "drained upload: {resp:?}");
+    let status = relais.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "exit status: {status:?}");
+
+    relais.respawn();
+    let resp = relais.admin().get("me/drain.bin").expect_status(200);
+    assert!(resp.body == body, "the drained upload was not stored whole");
+}

@@ -10,6 +10,8 @@ mod util;
 mod auth;
 /// Crash safety: SIGKILL during uploads, many times over; every acknowledged upload survives.
 mod crash;
+/// Directory imports: ONDE, AAF and CSV exports over HTTP and the CLI, refusals, moves, leavers, undo, activation.
+mod directory;
 /// Upload and download, ranges, ETags, listings, mkdir and delete, quotas, dedup, restarts, Unicode names, zip.
 mod files;
 /// Hostile paths and requests: traversal, control characters, huge headers, over-quota and stalling clients.

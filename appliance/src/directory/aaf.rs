@@ -124,31 +124,26 @@ impl Entry {
     }
 }
 
-/// What the streaming reader found besides entries.
-struct Outcome {
-    /// Read to the end, well-formed.
-    finished: bool,
-}
-
-/// Streams the entries of an AAF file to `on_entry`. Issues about the file itself go to `issues`.
+/// Streams the entries of an AAF file to `on_entry`. Issues about the file itself go to `issues`. True if
+/// the file was read to its end and well-formed.
 fn read_entries<R: BufRead>(
     file: &str,
     mut reader: R,
     issues: &mut Vec<Issue>,
     on_entry: &mut dyn FnMut(Entry, &mut Vec<Issue>),
-) -> Outcome {
+) -> bool {
     let head = match reader.fill_buf() {
         Ok(head) => head,
         Err(e) => {
             issues.push(issue(file, 1, "", format!("lecture du fichier impossible ({e}) : déposez-le à nouveau")));
-            return Outcome { finished: false };
+            return false;
         }
     };
     let bom = match encoding::sniff(head) {
         Sniff::Text { bom } => bom,
         Sniff::Refused(why) => {
             issues.push(issue(file, 1, "", why));
-            return Outcome { finished: false };
+            return false;
         }
     };
     let latin1 = bom == 0 && declares_latin1(head);
@@ -314,7 +309,7 @@ fn read_xml<S: BufRead>(
     source: S,
     issues: &mut Vec<Issue>,
     on_entry: &mut dyn FnMut(Entry, &mut Vec<Issue>),
-) -> Outcome {
+) -> bool {
     let mut xml = Reader::from_reader(LineCounter::new(source, MAX_EVENT_BYTES));
     let mut buf = Vec::new();
     let mut stack: Vec<(String, u64)> = Vec::new();
@@ -337,7 +332,7 @@ fn read_xml<S: BufRead>(
         match event {
             Err(e) => {
                 issues.push(issue(file, after, "", xml_error_message(&e)));
-                return Outcome { finished: false };
+                return false;
             }
             Ok(Event::Eof) => break,
             Ok(Event::DocType(d)) => {
@@ -348,7 +343,7 @@ fn read_xml<S: BufRead>(
                     "déclaration <!DOCTYPE> (entités XML) refusée par sécurité : un export AAF n'en contient pas ; \
                      déposez le fichier d'origine",
                 ));
-                return Outcome { finished: false };
+                return false;
             }
             Ok(Event::Start(e)) => {
                 let line = after.saturating_sub(newlines(&e));
@@ -362,7 +357,7 @@ fn read_xml<S: BufRead>(
                             "XML imbriqué sur plus de {MAX_DEPTH} niveaux : ce n'est pas un export AAF, fichier refusé"
                         ),
                     ));
-                    return Outcome { finished: false };
+                    return false;
                 }
                 state.open(&e, &name, line, issues);
                 stack.push((name, line));
@@ -416,7 +411,7 @@ fn read_xml<S: BufRead>(
                  le transfert a sans doute été interrompu, déposez le fichier complet"
             ),
         ));
-        return Outcome { finished: false };
+        return false;
     }
     if state.skipped > 0 {
         issues.push(issue(
@@ -432,9 +427,9 @@ fn read_xml<S: BufRead>(
     }
     if state.requests == 0 {
         issues.push(issue(file, 1, "", "aucune fiche <addRequest> : ce fichier n'est pas un export AAF"));
-        return Outcome { finished: false };
+        return false;
     }
-    Outcome { finished: true }
+    true
 }
 
 /// What the parser knows about the file while turning entries into people.
@@ -637,7 +632,7 @@ pub fn parse<R: BufRead>(file: &str, reader: R) -> Parsed {
     let mut parsed = Parsed::default();
     let mut people = Vec::new();
     let mut seen = Seen::default();
-    let outcome = read_entries(file, reader, &mut parsed.issues, &mut |entry, issues| {
+    let finished = read_entries(file, reader, &mut parsed.issues, &mut |entry, issues| {
         if ctx.kind == AafKind::EtabEducNat {
             return;
         }
@@ -658,7 +653,7 @@ pub fn parse<R: BufRead>(file: &str, reader: R) -> Parsed {
         people.push(person);
     });
     parsed.people = people;
-    parsed.complete = outcome.finished && ctx.kind != AafKind::EtabEducNat && is_complete_export(file);
+    parsed.complete = finished && ctx.kind != AafKind::EtabEducNat && is_complete_export(file);
     parsed
 }
 

@@ -116,15 +116,6 @@ pub fn decode_field(bytes: &[u8], charset: Charset) -> String {
     }
 }
 
-/// Decodes a whole small buffer (a header peeked at, a test): UTF-8 if valid, else windows-1252.
-pub fn decode_lossless(bytes: &[u8]) -> String {
-    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_string(),
-        Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
-    }
-}
-
 /// Fails with an [`io::Error`] carrying [`LimitError::File`] once more than `limit` bytes were read, so that a
 /// CSV whose quote never closes cannot make the parser buffer gigabytes.
 #[derive(Debug)]

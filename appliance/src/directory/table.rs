@@ -279,6 +279,19 @@ mod tests {
     }
 
     #[test]
+    fn crlf_blank_lines_and_multiline_cells_keep_the_right_lines() {
+        let data = "Nom;Prénom\r\n\r\nDupont;Léa\r\n\"Multi\r\nligne\";Zoé\r\n\r\n\r\nMartin;Éloïse";
+        let mut issues = Vec::new();
+        let mut table = open("t.csv", data.as_bytes(), &mut issues).expect("table");
+        let mut lines = Vec::new();
+        while let Some(row) = table.next_row(&mut issues) {
+            lines.push(row.line);
+        }
+        assert_eq!(lines, [3, 4, 8]);
+        assert!(issues.is_empty(), "{issues:?}");
+    }
+
+    #[test]
     fn refused_and_empty_files_say_why() {
         let mut issues = Vec::new();
         assert!(open("x.csv", &b"\xFF\xFEN\0"[..], &mut issues).is_none());

@@ -285,16 +285,16 @@ impl App {
 
     /// Imports directory exports (each an uploaded file on disk, with the name the client gave if any):
     /// all-or-nothing, with a snapshot for undo. The report lists every problem when nothing was changed.
-    pub async fn import(&self, uploads: Vec<(Option<String>, PathBuf)>) -> Result<Report, StoreError> {
+    pub async fn import(self: &Arc<Self>, uploads: Vec<(Option<String>, PathBuf)>) -> Result<Report, StoreError> {
         let max_expanded = self.config.directory.max_import_size.0.saturating_mul(8);
         let files = tokio::task::spawn_blocking(move || {
             uploads.iter().flat_map(|(name, path)| upload::read(name.as_deref(), path, max_expanded)).collect()
         })
         .await
         .map_err(|e| StoreError::io(Path::new("import"), std::io::Error::other(e)))?;
-        let existing = self.store.users()?;
         let now = store::now_ms();
-        let plan = tokio::task::spawn_blocking(move || import::plan(&existing, files, now))
+        let app = self.clone();
+        let plan = tokio::task::spawn_blocking(move || import::plan(&app.store, files, now))
             .await
             .map_err(|e| StoreError::io(Path::new("import"), std::io::Error::other(e)))?;
         if plan.report.errors.is_empty() {

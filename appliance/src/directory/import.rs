@@ -91,8 +91,46 @@ fn generated_login(p: &Person) -> String {
     login.trim_end_matches(['.', '-']).to_string()
 }
 
+/// The box's accounts as `plan` reads them: one pass over all of them, then fetches by login. A region
+/// holds 100 000 accounts: `plan` keeps only their logins and external ids in memory, not the accounts.
+/// A read failure is an error, never "no such account": planning on a partial view would duplicate people.
+pub trait Accounts {
+    fn for_each(&self, f: &mut dyn FnMut(&User)) -> Result<(), String>;
+    fn get(&self, login: &str) -> Result<Option<User>, String>;
+}
+
+impl Accounts for [User] {
+    fn for_each(&self, f: &mut dyn FnMut(&User)) -> Result<(), String> {
+        self.iter().for_each(f);
+        Ok(())
+    }
+    fn get(&self, login: &str) -> Result<Option<User>, String> {
+        Ok(self.iter().find(|u| u.login == login).cloned())
+    }
+}
+
+impl Accounts for Vec<User> {
+    fn for_each(&self, f: &mut dyn FnMut(&User)) -> Result<(), String> {
+        self.as_slice().for_each(f)
+    }
+    fn get(&self, login: &str) -> Result<Option<User>, String> {
+        Accounts::get(self.as_slice(), login)
+    }
+}
+
+/// A plan that refuses the import because the box's own accounts could not be read.
+fn unreadable(message: String) -> Plan {
+    let errors = vec![Issue {
+        file: "annuaire".into(),
+        line: 0,
+        field: String::new(),
+        message: format!("lecture des comptes existants impossible : {message}"),
+    }];
+    Plan { changes: Vec::new(), report: Report { errors, ..Report::default() } }
+}
+
 /// Computes the changes an import makes. `existing` is every account of the box; `now` is Unix ms.
-pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
+pub fn plan(existing: &(impl Accounts + ?Sized), files: Vec<Parsed>, now: i64) -> Plan {
     let mut errors: Vec<Issue> = Vec::new();
     let mut complete_roles: BTreeSet<&'static str> = BTreeSet::new();
     let mut people: Vec<Person> = Vec::new();
@@ -105,9 +143,9 @@ pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
     }
 
     // One record per external id across all the files.
-    let mut seen: HashMap<String, Origin> = HashMap::new();
+    let mut seen: HashMap<&str, &Origin> = HashMap::with_capacity(people.len());
     for p in &people {
-        if let Some(first) = seen.get(&p.external_id) {
+        if let Some(first) = seen.get(p.external_id.as_str()) {
             errors.push(issue(
                 &p.origin,
                 "id",
@@ -117,20 +155,27 @@ pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
                 ),
             ));
         } else {
-            seen.insert(p.external_id.clone(), p.origin.clone());
+            seen.insert(p.external_id.as_str(), &p.origin);
         }
     }
 
-    let by_id: HashMap<&str, &User> =
-        existing.iter().filter_map(|u| u.external_id.as_deref().map(|id| (id, u))).collect();
-    let by_login: HashMap<&str, &User> = existing.iter().map(|u| (u.login.as_str(), u)).collect();
-    let mut taken: HashSet<String> = existing.iter().map(|u| u.login.clone()).collect();
+    // External id → login of the accounts already on the box, and every login in use.
+    let mut by_id: HashMap<String, String> = HashMap::new();
+    let mut taken: HashSet<String> = HashSet::new();
+    if let Err(e) = existing.for_each(&mut |u| {
+        if let Some(id) = &u.external_id {
+            by_id.insert(id.clone(), u.login.clone());
+        }
+        taken.insert(u.login.clone());
+    }) {
+        return unreadable(e);
+    }
 
     // Logins: kept for known people, imposed by the export, or generated.
     let mut logins: Vec<String> = Vec::with_capacity(people.len());
     for p in &people {
-        let login = if let Some(user) = by_id.get(p.external_id.as_str()) {
-            user.login.clone()
+        let login = if let Some(login) = by_id.get(p.external_id.as_str()) {
+            login.clone()
         } else if let Some(wanted) = &p.login {
             if account::validate_login(wanted).is_err() {
                 errors.push(issue(
@@ -140,9 +185,10 @@ pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
                 ));
                 String::new()
             } else if taken.contains(wanted) {
-                let owner = by_login
-                    .get(wanted.as_str())
-                    .map_or("une autre personne de ce fichier".to_string(), |u| u.display_name.clone());
+                let owner = match existing.get(wanted) {
+                    Ok(Some(u)) => u.display_name,
+                    _ => "une autre personne".to_string(),
+                };
                 errors.push(issue(
                     &p.origin,
                     "login",
@@ -168,8 +214,7 @@ pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
     }
 
     // External id → login, for this import and the box.
-    let mut login_of: HashMap<&str, &str> =
-        existing.iter().filter_map(|u| u.external_id.as_deref().map(|id| (id, u.login.as_str()))).collect();
+    let mut login_of: HashMap<&str, &str> = by_id.iter().map(|(id, login)| (id.as_str(), login.as_str())).collect();
     for (p, login) in people.iter().zip(&logins) {
         login_of.insert(p.external_id.as_str(), login.as_str());
     }
@@ -234,28 +279,44 @@ pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
     }
 
     let mut report = Report::default();
-    let mut changes = Vec::new();
-    for (i, p) in people.iter().enumerate() {
-        let old = by_id.get(p.external_id.as_str()).copied();
-        let mut user = old.cloned().unwrap_or_else(|| User {
-            login: logins[i].clone(),
+    // Leavers first, while `seen` still borrows the people: the loop below consumes them, moving their
+    // fields into the accounts instead of copying (a region-sized import holds 100 000 of each).
+    let mut leavers: Vec<User> = Vec::new();
+    if let Err(e) = existing.for_each(&mut |u| {
+        let gone = u.external_id.as_deref().is_some_and(|id| !seen.contains_key(id));
+        if gone && u.leaving_since.is_none() && complete_roles.contains(u.role.as_str()) {
+            leavers.push(u.clone());
+        }
+    }) {
+        return unreadable(e);
+    }
+    drop((seen, login_of, pupils_by_name, index_of));
+    let mut changes = Vec::with_capacity(people.len());
+    for ((p, login), kids) in people.into_iter().zip(logins).zip(children) {
+        let old = match by_id.get(p.external_id.as_str()).map(|login| existing.get(login)) {
+            None => None,
+            Some(Ok(old)) => old,
+            Some(Err(e)) => return unreadable(e),
+        };
+        let mut user = old.clone().unwrap_or_else(|| User {
+            login,
             created: now,
             activation_code: Some(new_activation_code()),
             ..User::default()
         });
-        user.display_name = display_name(p);
+        user.display_name = display_name(&p);
+        user.classes = classes_of(&p);
         user.role = p.role;
-        user.classes = classes_of(p);
-        user.groups = p.groups.clone();
-        user.subjects = p.subjects.clone();
-        user.email = p.email.clone().filter(|e| !e.is_empty());
-        user.birth_date = p.birth_date.clone();
-        user.external_id = Some(p.external_id.clone());
+        user.groups = p.groups;
+        user.subjects = p.subjects;
+        user.email = p.email.filter(|e| !e.is_empty());
+        user.birth_date = p.birth_date;
+        user.external_id = Some(p.external_id);
         user.leaving_since = None;
         if p.role == Role::Parent {
-            user.children = children[i].clone();
+            user.children = kids;
         }
-        match old {
+        match &old {
             None => report.created += 1,
             Some(old) if *old == user => continue,
             Some(old) => {
@@ -271,12 +332,9 @@ pub fn plan(existing: &[User], files: Vec<Parsed>, now: i64) -> Plan {
         }
         changes.push(user);
     }
-    for user in existing {
-        let Some(id) = user.external_id.as_deref() else { continue };
-        if user.leaving_since.is_none() && complete_roles.contains(user.role.as_str()) && !seen.contains_key(id) {
-            report.leaving += 1;
-            changes.push(User { leaving_since: Some(now), ..user.clone() });
-        }
+    for user in leavers {
+        report.leaving += 1;
+        changes.push(User { leaving_since: Some(now), ..user });
     }
     Plan { changes, report }
 }
@@ -322,7 +380,7 @@ mod tests {
             )
         };
         let mut users = vec![];
-        let plan = plan(&users, vec![file()], 1);
+        let plan = plan(users.as_slice(), vec![file()], 1);
         assert!(plan.report.errors.is_empty(), "{:?}", plan.report.errors);
         let logins: Vec<&str> = plan.changes.iter().map(|u| u.login.as_str()).collect();
         assert_eq!(logins[..2], ["lea.martin", "lea.martin2"]);
@@ -330,7 +388,7 @@ mod tests {
         assert!(plan.changes.iter().all(|u| u.activation_code.as_ref().is_some_and(|c| c.len() == 8)));
         assert_eq!(plan.report.created, 3);
         apply(&mut users, &plan);
-        let again = super::plan(&users, vec![file()], 2);
+        let again = super::plan(users.as_slice(), vec![file()], 2);
         assert_eq!(again.report, Report::default(), "re-importing the same export changes nothing");
         assert!(again.changes.is_empty());
     }
@@ -368,8 +426,11 @@ mod tests {
         let tom = users.iter().find(|u| u.external_id.as_deref() == Some("2")).expect("tom");
         assert_eq!(tom.login, "tom.petit", "a renamed person keeps their login");
         // A partial (delta) export never marks anyone as leaving.
-        let third =
-            plan(&users, vec![parsed(vec![person("d.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], false)], 9);
+        let third = plan(
+            users.as_slice(),
+            vec![parsed(vec![person("d.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], false)],
+            9,
+        );
         assert_eq!(third.report.leaving, 0);
     }
 
@@ -384,14 +445,14 @@ mod tests {
             parsed(vec![person("e.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], true),
             parsed(vec![mum.clone()], true),
         ];
-        let bad = plan(&[], files, 1);
+        let bad = plan(&[] as &[User], files, 1);
         assert!(bad.changes.is_empty());
         assert_eq!(bad.report.errors.len(), 1);
         assert_eq!((bad.report.errors[0].file.as_str(), bad.report.errors[0].line), ("r.csv", 2));
         assert!(bad.report.errors[0].message.contains("Personne Inconnu"), "{}", bad.report.errors[0].message);
         mum.children.pop();
         let good = plan(
-            &[],
+            &[] as &[User],
             vec![
                 parsed(vec![person("e.csv", 2, "1", Role::Pupil, "Léa", "Martin", "CM2")], true),
                 parsed(vec![mum], true),
@@ -408,7 +469,7 @@ mod tests {
             parsed(vec![person("a.csv", 2, "X", Role::Pupil, "A", "B", "CM1")], true),
             parsed(vec![person("b.csv", 7, "X", Role::Pupil, "C", "D", "CM1")], true),
         ];
-        let p = plan(&[], files, 1);
+        let p = plan(&[] as &[User], files, 1);
         assert_eq!(p.report.errors.len(), 1);
         assert_eq!(p.report.errors[0].line, 7);
         assert!(p.report.errors[0].message.contains("a.csv ligne 2"));

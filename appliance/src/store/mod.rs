@@ -83,6 +83,8 @@ pub struct Store {
     users: sled::Tree,
     /// The accounts as they were before the last directory import, for undo.
     users_snapshot: sled::Tree,
+    /// An import's changes on their way into `users`: a redo log, see `apply_directory`.
+    users_staging: sled::Tree,
     sessions: sled::Tree,
     entries: sled::Tree,
     refs: sled::Tree,
@@ -92,8 +94,12 @@ pub struct Store {
     mutate: tokio::sync::Mutex<()>,
 }
 
-/// Key of the snapshot tree's marker (NUL cannot start a login).
+/// Records per sled batch in bulk directory writes.
+const BATCH: usize = 1000;
+
+/// Keys of the snapshot's and the staging tree's markers (NUL cannot start a login).
 const SNAPSHOT_MARK: &[u8] = b"\0taken";
+const READY_MARK: &[u8] = b"\0ready";
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -170,10 +176,11 @@ impl Store {
     /// The caller must hold the folder's `DataLock`.
     pub fn open(data: &Path) -> Result<Store, StoreError> {
         let blobs = blob::BlobStore::open(data)?;
-        let db = sled::Config::new().path(data.join("meta")).cache_capacity(16 << 20).open()?;
+        let db = sled::Config::new().path(data.join("meta")).cache_capacity(8 << 20).open()?;
         let store = Store {
             users: db.open_tree("users")?,
             users_snapshot: db.open_tree("users_snapshot")?,
+            users_staging: db.open_tree("users_staging")?,
             sessions: db.open_tree("sessions")?,
             entries: db.open_tree("entries")?,
             refs: db.open_tree("refs")?,
@@ -182,6 +189,13 @@ impl Store {
             blobs,
             mutate: tokio::sync::Mutex::new(()),
         };
+        // An import cut by a crash: finish it if its changes were complete, else forget it.
+        if store.users_staging.contains_key(READY_MARK)? {
+            store.copy_staging()?;
+            log::info!("finished a directory import interrupted by a stop");
+        }
+        store.users_staging.clear()?;
+        store.db.flush()?;
         let removed = store.blobs.sweep(|hash| Ok(store.refs.contains_key(hash.0)?))?;
         if removed > 0 {
             log::info!("removed {removed} unreferenced blobs left by an interrupted run");
@@ -232,32 +246,80 @@ impl Store {
         self.flush().await
     }
 
+    /// Calls `f` with every account, decoding one at a time (a region holds 100 000 of them).
+    pub fn for_each_user(&self, f: &mut dyn FnMut(&User)) -> Result<(), StoreError> {
+        for kv in self.users.iter() {
+            let (k, v) = kv?;
+            f(&decode(&k, &v)?);
+        }
+        Ok(())
+    }
+
     pub async fn delete_user(&self, login: &str) -> Result<(), StoreError> {
         self.users.remove(login)?;
         self.flush().await
     }
 
-    /// Writes a directory import: first a snapshot of every account (for undo), then all `changes` in one
-    /// atomic batch, so a crash leaves either the old directory or the new one.
+    /// Writes a directory import, all or nothing: a snapshot of every account first (for undo), then the
+    /// changes into a staging tree, marked ready once complete, then copied into the accounts. A crash
+    /// before the mark loses the import whole; after it, the next start finishes the copy. Writes go in
+    /// bounded batches: sled keeps a whole batch, and more, in memory.
     pub async fn apply_directory(&self, changes: &[User]) -> Result<(), StoreError> {
         let _guard = self.mutate.lock().await;
-        let mut snapshot = sled::Batch::default();
-        for kv in self.users_snapshot.iter() {
-            snapshot.remove(kv?.0);
-        }
+        // The snapshot loses its mark first and gets it back last, so a crash mid-copy leaves no half
+        // snapshot that undo would trust. Batches are bounded: sled holds a whole batch, and more, in memory.
+        self.users_snapshot.remove(SNAPSHOT_MARK)?;
+        self.users_snapshot.clear()?;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
         for kv in self.users.iter() {
             let (k, v) = kv?;
-            snapshot.insert(k, v);
+            batch.insert(k, v);
+            pending += 1;
+            if pending == BATCH {
+                self.users_snapshot.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
         }
-        snapshot.insert(SNAPSHOT_MARK, &now_ms().to_be_bytes());
-        self.users_snapshot.apply_batch(snapshot)?;
+        self.users_snapshot.apply_batch(batch)?;
         self.flush().await?;
+        self.users_snapshot.insert(SNAPSHOT_MARK, &now_ms().to_be_bytes())?;
+        self.flush().await?;
+        self.users_staging.clear()?;
+        for chunk in changes.chunks(BATCH) {
+            let mut batch = sled::Batch::default();
+            for user in chunk {
+                batch.insert(user.login.as_bytes(), encode(user));
+            }
+            self.users_staging.apply_batch(batch)?;
+        }
+        self.flush().await?;
+        self.users_staging.insert(READY_MARK, &[])?;
+        self.flush().await?;
+        self.copy_staging()?;
+        self.flush().await?;
+        self.users_staging.clear()?;
+        self.flush().await
+    }
+
+    /// Copies a ready staging tree into the accounts (idempotent: a redo after a crash writes the same).
+    fn copy_staging(&self) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for user in changes {
-            batch.insert(user.login.as_bytes(), encode(user));
+        let mut pending = 0;
+        for kv in self.users_staging.iter() {
+            let (k, v) = kv?;
+            if k.as_ref() == READY_MARK {
+                continue;
+            }
+            batch.insert(k, v);
+            pending += 1;
+            if pending == BATCH {
+                self.users.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
         }
         self.users.apply_batch(batch)?;
-        self.flush().await
+        Ok(())
     }
 
     /// Puts back the accounts as they were before the last import. `NotFound` if there is no snapshot.
@@ -561,5 +623,15 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+impl crate::directory::import::Accounts for Store {
+    fn for_each(&self, f: &mut dyn FnMut(&User)) -> Result<(), String> {
+        self.for_each_user(f).map_err(|e| e.to_string())
+    }
+
+    fn get(&self, login: &str) -> Result<Option<User>, String> {
+        self.user(login).map_err(|e| e.to_string())
     }
 }

@@ -1,6 +1,7 @@
 //! The store's contract: what every caller relies on, whatever engine sits underneath.
 
 use super::*;
+use crate::account::User;
 
 fn p(path: &str) -> Vec<String> {
     path.split('/').map(String::from).collect()
@@ -128,4 +129,44 @@ fn a_second_process_cannot_take_the_folder() {
         Err(LockError::Busy { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
         other => panic!("expected Busy, got {:?}", other.err()),
     }
+}
+
+#[tokio::test]
+async fn an_import_cut_by_a_crash_is_finished_or_forgotten_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = |login: &str| User { login: login.into(), display_name: login.into(), ..User::default() };
+    {
+        let store = Store::open(dir.path()).expect("open");
+        // Crash after the staging tree was marked ready, before the copy.
+        store.users_staging.insert("ready.one", encode(&user("ready.one"))).expect("stage");
+        store.users_staging.insert(READY_MARK, &[]).expect("mark");
+        store.flush().await.expect("flush");
+    }
+    {
+        let store = Store::open(dir.path()).expect("reopen");
+        assert!(store.user("ready.one").expect("user").is_some(), "a ready import is finished at start");
+        assert!(store.users_staging.is_empty());
+        // Crash while staging, before the mark.
+        store.users_staging.insert("half.done", encode(&user("half.done"))).expect("stage");
+        store.flush().await.expect("flush");
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    assert!(store.user("half.done").expect("user").is_none(), "an unfinished import is forgotten");
+    assert!(store.users_staging.is_empty());
+}
+
+#[tokio::test]
+async fn directory_imports_can_be_undone_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let user = |login: &str, name: &str| User { login: login.into(), display_name: name.into(), ..User::default() };
+    store.create_user(&user("a", "A")).await.expect("create");
+    let changes: Vec<User> = (0..2500).map(|i| user(&format!("u{i}"), "x")).chain([user("a", "A2")]).collect();
+    store.apply_directory(&changes).await.expect("apply");
+    assert_eq!(store.user_count(), 2501);
+    assert_eq!(store.user("a").expect("a").map(|u| u.display_name), Some("A2".into()));
+    assert_eq!(store.undo_directory().await.expect("undo"), 1);
+    assert_eq!(store.user_count(), 1);
+    assert_eq!(store.user("a").expect("a").map(|u| u.display_name), Some("A".into()));
+    assert!(matches!(store.undo_directory().await, Err(StoreError::NotFound)));
 }

@@ -1,5 +1,27 @@
-//! Trust for the box and the regional gateway: the regional CA, box enrollment (EST-like), provisioning
-//! bundles, and backup and restore archives.
+//! Trust between the school box and the regional gateway: the regional CA, box keys and CSRs, one-time
+//! enrollment tokens, and the signed provisioning bundles a technician carries to a school.
 //!
-//! Empty until the trust issue lands: the crate exists now so the workspace has its final shape and the
-//! appliance can depend on it without a layout change.
+//! No private key ever travels: the CA's keys stay in the CA folder, each box's key is generated on the box
+//! ([`BoxKey`]), and only CSRs, certificates, a CRL and one-time tokens cross the wire or the USB stick.
+//! Backup archives live with the appliance's store, not here.
+
+mod box_key;
+mod bundle;
+mod ca;
+mod clock;
+mod disk;
+mod index;
+mod token;
+
+pub use box_key::{BoxKey, BoxKeyError};
+pub use bundle::{
+    Bundle, BundleError, BundleSpec, Manifest, ManifestMember, VerifyOptions, CA_CERT, CONFIG, DIRECTORY_PREFIX,
+    FORMAT, MANIFEST, MAX_MEMBERS, MAX_MEMBER_BYTES, MAX_TOTAL_BYTES, MAX_ZIP_BYTES, SIGNATURE, TOKEN,
+};
+pub use ca::{
+    fingerprint, uai_of_cert, CaError, Issued, RegionalCa, BACKDATE, CRL_VALIDITY, DEFAULT_LEAF_VALIDITY,
+    INTERMEDIATE_VALIDITY, MAX_LEAF_VALIDITY, ROOT_VALIDITY, UAI_URI_PREFIX,
+};
+pub use disk::DiskError;
+pub use index::{CertKind, IssuedRecord};
+pub use token::{new_token, token_hash, TokenError, TokenRecord, TokenStore};

@@ -22,6 +22,81 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// The regional gateway: its certificate authority, provisioning bundles, revocation, the server.
+    Region {
+        #[command(subcommand)]
+        action: RegionAction,
+    },
+    /// Set up a box from a provisioning bundle (USB stick), with the daemon stopped.
+    Provision {
+        #[command(subcommand)]
+        action: ProvisionAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionAction {
+    /// Create the regional CA (root, box and LAN intermediates, the gateway's certificate) in DIR/ca.
+    Init {
+        #[arg(long)]
+        data: PathBuf,
+        /// DNS names and IP addresses the gateway answers on (repeat the flag); default: localhost, 127.0.0.1, ::1.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Run the regional gateway: HTTPS portal for users at home, enrollment (EST) for boxes.
+    Serve(ServeArgs),
+    /// Write a provisioning bundle for one school's box.
+    Bundle(BundleArgs),
+    /// Revoke a box's certificates: it is refused at its next connection.
+    Revoke {
+        #[arg(long)]
+        data: PathBuf,
+        /// Every certificate of this school's box.
+        #[arg(long, required_unless_present = "serial", conflicts_with = "serial")]
+        uai: Option<String>,
+        /// One certificate, by serial number (hex).
+        #[arg(long)]
+        serial: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BundleArgs {
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The school's UAI (7 digits and a letter).
+    #[arg(long)]
+    pub uai: String,
+    /// The school's name, as its portal shows it.
+    #[arg(long)]
+    pub name: String,
+    /// The gateway's address as the box will reach it, https://HOST:PORT.
+    #[arg(long)]
+    pub url: String,
+    /// Where to write the bundle (a .zip for the USB stick).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Directory exports (ONDE, AAF, CSV) to carry to the box and import there.
+    #[arg(long, num_args = 1..)]
+    pub directory: Vec<PathBuf>,
+    /// Configuration file of the region (certificate and token validity).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvisionAction {
+    /// Check a bundle whole, then write the box's configuration, identity key and directory.
+    Apply {
+        /// The provisioning bundle (.zip) from the region.
+        file: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Accept a bundle for another school or region on an already provisioned box (wipes its identity).
+        #[arg(long)]
+        force_reset: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,10 +5,12 @@ pub mod app;
 pub mod cli;
 pub mod command;
 pub mod directory;
+pub mod enroll;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod path;
+pub mod region;
 pub mod server;
 pub mod session;
 pub mod space;
@@ -16,6 +18,10 @@ pub mod store;
 pub mod throttle;
 
 use std::path::Path;
+
+/// The configuration file `relais provision apply` writes into the data folder; `serve` reads it when no
+/// `--config` is given.
+pub const PROVISIONED_CONFIG: &str = "relais.toml";
 
 use firmware_config::{Config, ConfigError};
 

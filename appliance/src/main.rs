@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use relais::cli::{Cli, Command, ConfigAction};
+use relais::cli::{Cli, Command, ConfigAction, ProvisionAction};
 use relais::command;
 
 fn main() -> ExitCode {
@@ -13,6 +13,10 @@ fn main() -> ExitCode {
         Command::Import(args) => command::import::run(args),
         Command::Config { action: ConfigAction::Check { file } } => command::config::check(&file),
         Command::Config { action: ConfigAction::Show { config } } => command::config::show(config.as_deref()),
+        Command::Region { action } => command::region::run(action),
+        Command::Provision { action: ProvisionAction::Apply { file, data, force_reset } } => {
+            command::provision::apply(&file, data, force_reset)
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

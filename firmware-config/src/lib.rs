@@ -41,6 +41,10 @@ pub struct Config {
     pub limits: Limits,
     /// Imports of the national directory exports.
     pub directory: Directory,
+    /// The link to the regional gateway.
+    pub uplink: Uplink,
+    /// Settings of the regional gateway (`relais region …`); ignored by a school box.
+    pub region: Region,
     /// What gets logged.
     pub logging: Logging,
     /// Which hardware the box runs on; sets defaults sized for it.
@@ -61,11 +65,57 @@ pub struct Identity {
 pub struct Lan {
     /// Address and port of the portal (HTTP on loopback; the embedded default keeps the box private).
     pub listen: SocketAddr,
+    /// "auto": HTTPS when listening on a non-loopback address, plain HTTP on loopback; "on"; "off".
+    pub tls: TlsMode,
+    /// Host names and IP addresses the LAN certificate covers, besides `ent.<uai>.lan`.
+    pub names: Vec<String>,
+    /// A second listener (e.g. "0.0.0.0:80") that redirects to HTTPS but serves `/ca.crt` and `/healthz`;
+    /// empty for none.
+    pub http_redirect: String,
 }
 
 impl Default for Lan {
     fn default() -> Self {
-        Lan { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        Lan {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: TlsMode::Auto,
+            names: Vec::new(),
+            http_redirect: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Uplink {
+    /// The regional gateway, "https://HOST:PORT"; written by the provisioning bundle. Empty: standalone box.
+    pub gateway: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Region {
+    /// How long box and LAN certificates last; boxes renew at half-life.
+    pub certificate_validity: Span,
+    /// How long an enrollment token (in a provisioning bundle) stays usable.
+    pub token_validity: Span,
+}
+
+impl Default for Region {
+    fn default() -> Self {
+        Region {
+            certificate_validity: Span(std::time::Duration::from_secs(90 * 86400)),
+            token_validity: Span(std::time::Duration::from_secs(30 * 86400)),
+        }
     }
 }
 
@@ -253,6 +303,19 @@ impl Config {
         }
         if self.limits.max_header_bytes.0 < 8192 {
             return Err(err("limits.max_header_bytes", "must be at least 8KiB".into()));
+        }
+        let gateway = &self.uplink.gateway;
+        if !gateway.is_empty() && !gateway.starts_with("https://") {
+            return Err(err("uplink.gateway", format!("« {gateway} » must start with https://")));
+        }
+        if !self.lan.http_redirect.is_empty() && self.lan.http_redirect.parse::<SocketAddr>().is_err() {
+            return Err(err(
+                "lan.http_redirect",
+                format!("« {} » is not an address such as \"0.0.0.0:80\"", self.lan.http_redirect),
+            ));
+        }
+        if self.region.certificate_validity.0.as_secs() < 60 {
+            return Err(err("region.certificate_validity", "must be at least 1m".into()));
         }
         if self.storage.data.as_os_str().is_empty() {
             return Err(err("storage.data", "must name a folder".into()));

@@ -40,12 +40,16 @@ if [[ -z "$RELAIS_BIN" ]]; then
 fi
 [[ -x "$RELAIS_BIN" ]] || die "no relais binary at $RELAIS_BIN"
 
+# 500 held connections on each side, plus files: more than some default soft limits allow.
+ulimit -n 4096 2>/dev/null || true
+
 # --- scratch space and teardown ------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/relais-bench.XXXXXX")
 # nginx workers started by root run as nobody: they must be able to read the document root.
 chmod 755 "$WORK"
 RELAIS_PID=
 NGINX_PID=
+WRK_PID=
 
 stop_pid() { # pid signal: signal, wait up to 10 s, then SIGKILL
     local pid=$1 sig=$2 i
@@ -60,6 +64,7 @@ stop_pid() { # pid signal: signal, wait up to 10 s, then SIGKILL
 }
 
 cleanup() {
+    stop_pid "$WRK_PID" TERM
     stop_pid "$RELAIS_PID" TERM
     stop_pid "$NGINX_PID" QUIT
     rm -rf "$WORK"
@@ -235,7 +240,11 @@ run_wrk() {
     times >"$WORK/times0"
     t0="$(cpu_ticks "$RELAIS_PID") $(cpu_ticks "${NGINX_WORKERS[@]}")"
     s0=$(head -n 1 /proc/stat)
-    wrk "${args[@]}" "$url" >"$WORK/wrk.out" 2>&1 || { cat "$WORK/wrk.out" >&2; die "wrk failed ($label)"; }
+    # In the background and waited for, so that a signal to this script stops the run at once (see cleanup).
+    wrk "${args[@]}" "$url" >"$WORK/wrk.out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || { cat "$WORK/wrk.out" >&2; die "wrk failed ($label)"; }
+    WRK_PID=
     s1=$(head -n 1 /proc/stat)
     t1="$(cpu_ticks "$RELAIS_PID") $(cpu_ticks "${NGINX_WORKERS[@]}")"
     times >"$WORK/times1"

@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod import;
+pub mod provision;
+pub mod region;
 pub mod serve;
 
 use std::fmt;
@@ -27,12 +29,16 @@ impl Failure {
 
 pub type Outcome = Result<(), Failure>;
 
-/// Loads the configuration and applies the `--data` override common to every command.
+/// The configuration a command runs with: `--config FILE` if given, else the `relais.toml` a provisioning
+/// bundle wrote into the data folder, else the embedded defaults; then the `--data` override.
 pub fn effective_config(
     file: Option<&std::path::Path>,
     data: Option<std::path::PathBuf>,
 ) -> Result<firmware_config::Config, Failure> {
-    let mut config = crate::load_config(file).map_err(Failure::input)?;
+    let folder = data.clone().unwrap_or_else(|| firmware_config::Storage::default().data);
+    let provisioned = folder.join(crate::PROVISIONED_CONFIG);
+    let file = file.map(std::path::Path::to_path_buf).or_else(|| provisioned.is_file().then_some(provisioned));
+    let mut config = crate::load_config(file.as_deref()).map_err(Failure::input)?;
     if let Some(data) = data {
         config.storage.data = data;
     }

@@ -22,6 +22,8 @@ pub struct App {
     pub store: Store,
     pub throttle: Throttle,
     pub metrics: Metrics,
+    /// Set when this process is the regional gateway: its CA and enrollment state.
+    pub region: Option<Arc<crate::region::Gateway>>,
     /// Bounds concurrent argon2 verifications: each takes 19 MiB, and 30 pupils logging in at 8:00 must not
     /// push a 1 GiB box into swap.
     hashing: tokio::sync::Semaphore,
@@ -59,8 +61,18 @@ impl App {
     /// Opens the store in the data folder (the caller holds its lock) and makes sure an admin exists.
     /// Returns the generated admin password when one had to be made up, so it can be shown once.
     pub async fn open(config: Config, data: &Path) -> Result<(Arc<App>, Option<String>), StoreError> {
+        App::open_with(config, data, None).await
+    }
+
+    /// As `open`, for the regional gateway.
+    pub async fn open_with(
+        config: Config,
+        data: &Path,
+        region: Option<Arc<crate::region::Gateway>>,
+    ) -> Result<(Arc<App>, Option<String>), StoreError> {
         let store = Store::open(data)?;
         let app = App {
+            region,
             throttle: Throttle::new(&config.login),
             metrics: Metrics::default(),
             hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),

@@ -11,13 +11,31 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::http;
+use crate::http::{self, Connection};
+
+/// Where a listener's TLS configuration comes from, read at each new connection so that a renewed
+/// certificate or a new revocation list applies without a restart.
+pub trait TlsSource: Send + Sync {
+    fn config(&self) -> Arc<rustls::ServerConfig>;
+}
+
+/// Plain HTTP, or TLS with a configuration from a `TlsSource`.
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    Tls(Arc<dyn TlsSource>),
+}
 
 /// Longest pause between two housekeeping passes (expired sessions, leavers due for deletion).
 const HOUSEKEEPING: Duration = Duration::from_secs(600);
 
 /// Serves the portal on `listener` until `shutdown` resolves, then drains and flushes.
-pub async fn run(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn run(
+    app: Arc<App>,
+    listener: TcpListener,
+    transport: Transport,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let limits = &app.config.limits;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -44,11 +62,42 @@ pub async fn run(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Out
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| http::serve(app.clone(), req, peer));
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let transport = transport.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match transport {
+                Transport::Plain => {
+                    let conn = Arc::new(Connection { peer, tls: false, box_uai: None });
+                    let service = service_fn(move |req| http::serve(app.clone(), req, conn.clone()));
+                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
+                }
+                Transport::Tls(source) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(source.config());
+                    let handshake = tokio::time::timeout(app.config.limits.header_timeout.0, acceptor.accept(stream));
+                    let tls = match handshake.await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            log::info!("TLS handshake with {peer} refused: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            log::info!("TLS handshake with {peer} timed out");
+                            return;
+                        }
+                    };
+                    let box_uai = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| provisioning::uai_of_cert(leaf.as_ref()));
+                    let conn = Arc::new(Connection { peer, tls: true, box_uai });
+                    let service = service_fn(move |req| http::serve(app.clone(), req, conn.clone()));
+                    watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await
+                }
+            };
+            if let Err(e) = served {
                 log::debug!("connection from {peer}: {e}");
             }
         });

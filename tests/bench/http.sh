@@ -140,7 +140,8 @@ wait_healthy nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/healthz" || {
     die "nginx did not start"
 }
 mapfile -t NGINX_WORKERS < <(pgrep -P "$NGINX_PID")
-phase "nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, workers ${NGINX_WORKERS[*]})"
+phase "nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$NGINX_PORT" \
+    "(pid $NGINX_PID, workers ${NGINX_WORKERS[*]})"
 
 # --- relais ------------------------------------------------------------------------------------------------
 RELAIS_PORT=$(free_port)
@@ -182,7 +183,8 @@ phase "uploading big.bin and small.bin to relais (admin's me/) and checking both
 for f in big.bin small.bin; do
     code=$(curl -sS -o "$WORK/put.out" -w '%{http_code}' -T "$WORK/www/$f" -H "$COOKIE" \
         "http://127.0.0.1:$RELAIS_PORT/api/files/me/$f") || relais_died "PUT /api/files/me/$f failed"
-    [[ "$code" == 201 || "$code" == 204 ]] || relais_died "PUT /api/files/me/$f: HTTP $code $(head -c 300 "$WORK/put.out")"
+    [[ "$code" == 201 || "$code" == 204 ]] ||
+        relais_died "PUT /api/files/me/$f: HTTP $code $(head -c 300 "$WORK/put.out")"
     curl -sS -f -H "$COOKIE" "http://127.0.0.1:$RELAIS_PORT/api/files/me/$f" | cmp -s - "$WORK/www/$f" ||
         relais_died "GET /api/files/me/$f from relais does not return the uploaded bytes"
     curl -sS -f "http://127.0.0.1:$NGINX_PORT/$f" | cmp -s - "$WORK/www/$f" ||
@@ -209,7 +211,9 @@ BAD=()  # measurements that ran but got errors: the run is then not trustworthy
 # CPU seconds this shell's finished children (wrk) have used, from the output of `times` (which must run in this
 # shell itself: in a $(…) subshell it would count that subshell's children only).
 children_cpu() {
-    tail -n 1 "$1" | awk '{ s = 0; for (i = 1; i <= NF; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] } printf "%.3f", s }'
+    tail -n 1 "$1" | awk '{ s = 0
+        for (i = 1; i <= NF; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] }
+        printf "%.3f", s }'
 }
 
 # Where the CPU went during one wrk run, in % of one core (the machine has $(nproc) × 100 %): relais, the nginx
@@ -224,7 +228,8 @@ cpu_report() { # ticks0 ticks1 (relais and nginx, space-separated) c0 c1 (wrk se
         r = 100 * (b[1] - a[1]) / hz / secs; n = 100 * (b[2] - a[2]) / hz / secs; w = 100 * (c1 - c0) / secs
         busy = 100 * ncpu * (y[2] + y[3] + y[4] + y[7] + y[8] - x[2] - x[3] - x[4] - x[7] - x[8]) / tot
         rest = busy - r - n - w; if (rest < 0) rest = 0
-        printf "relais %.0f%%, nginx %.0f%%, wrk %.0f%%, everything else %.0f%% (machine: user %.0f%%, system %.0f%%, softirq %.0f%%, idle %.0f%%, steal %.0f%%)",
+        printf "relais %.0f%%, nginx %.0f%%, wrk %.0f%%, everything else %.0f%% " \
+            "(machine: user %.0f%%, system %.0f%%, softirq %.0f%%, idle %.0f%%, steal %.0f%%)",
             r, n, w, rest, 100 * ncpu * (y[2] + y[3] - x[2] - x[3]) / tot, 100 * ncpu * (y[4] - x[4]) / tot,
             100 * ncpu * (y[8] - x[8]) / tot, 100 * ncpu * (y[5] + y[6] - x[5] - x[6]) / tot,
             100 * ncpu * (y[9] - x[9]) / tot

@@ -1,10 +1,138 @@
-//! `relais region init|serve|bundle|revoke`.
+//! `relais region init|serve|bundle|revoke`: the regional gateway's technician commands.
 
-use crate::cli::RegionAction;
+use std::path::Path;
+use std::sync::Arc;
 
-use super::{Failure, Outcome};
+use provisioning::{BundleSpec, RegionalCa};
+
+use crate::app::App;
+use crate::cli::{BundleArgs, RegionAction, ServeArgs};
+use crate::region::{self, Gateway};
+use crate::server::{self, TlsSource, Transport};
+use crate::store::{DataLock, LockError};
+use crate::logging;
+
+use super::{effective_config, Failure, Outcome};
 
 pub fn run(action: RegionAction) -> Outcome {
-    let _ = action;
-    Err(Failure::runtime("relais region: not built yet"))
+    match action {
+        RegionAction::Init { data, hosts } => init(&data, hosts),
+        RegionAction::Serve(args) => serve(args),
+        RegionAction::Bundle(args) => bundle(args),
+        RegionAction::Revoke { data, uai, serial } => revoke(&data, uai, serial),
+    }
+}
+
+fn open_ca(data: &Path) -> Result<RegionalCa, Failure> {
+    RegionalCa::open(&region::ca_dir(data)).map_err(|e| {
+        Failure::input(format!("{e}\n(la région est-elle initialisée ? relais region init --data {})", data.display()))
+    })
+}
+
+fn init(data: &Path, hosts: Vec<String>) -> Outcome {
+    let hosts = if hosts.is_empty() { vec!["localhost".into(), "127.0.0.1".into(), "::1".into()] } else { hosts };
+    std::fs::create_dir_all(data).map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
+    let ca = RegionalCa::init(&region::ca_dir(data), &hosts).map_err(Failure::input)?;
+    println!("autorité régionale créée dans {}", region::ca_dir(data).display());
+    println!("empreinte (SHA-256) de la racine : {}", ca.root_fingerprint());
+    println!("certificat de la passerelle pour : {}", hosts.join(", "));
+    println!("à déployer sur les postes des écoles : {}", region::ca_dir(data).join("root.crt").display());
+    Ok(())
+}
+
+/// Hands the gateway's TLS configuration to the server at each connection.
+struct GatewaySource(Arc<Gateway>);
+
+impl TlsSource for GatewaySource {
+    fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.0.tls.config()
+    }
+}
+
+fn serve(args: ServeArgs) -> Outcome {
+    let mut config = effective_config(args.config.as_deref(), args.data)?;
+    if let Some(listen) = args.listen {
+        config.lan.listen = listen;
+    }
+    logging::init(&config.logging.level);
+    let data = config.storage.data.clone();
+    let _lock = DataLock::acquire(&data).map_err(|e| match e {
+        LockError::Busy { .. } => Failure::input(e),
+        LockError::Io { .. } => Failure::runtime(e),
+    })?;
+    let gateway = Arc::new(
+        Gateway::open(&data, config.region.certificate_validity.0)
+            .map_err(|e| Failure::input(format!("{e}\n(relais region init --data {} d'abord)", data.display())))?,
+    );
+    super::runtime()?.block_on(async {
+        let (app, admin_password) = App::open_with(config, &data, Some(gateway.clone()))
+            .await
+            .map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
+        let listener = tokio::net::TcpListener::bind(app.config.lan.listen)
+            .await
+            .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", app.config.lan.listen)))?;
+        let addr = listener.local_addr().map_err(Failure::runtime)?;
+        let shutdown = server::shutdown_signal().map_err(Failure::runtime)?;
+        if let Some(password) = admin_password {
+            println!("admin password (shown once, write it down): {password}");
+        }
+        println!("listening on https://{addr}");
+        log::info!("regional gateway on https://{addr}, data in {}", data.display());
+        let transport = Transport::Tls(Arc::new(GatewaySource(gateway)));
+        server::run(app, listener, transport, shutdown).await.map_err(Failure::runtime)
+    })
+}
+
+fn bundle(args: BundleArgs) -> Outcome {
+    let region_config = effective_config(args.config.as_deref(), Some(args.data.clone()))?;
+    let ca = open_ca(&args.data)?;
+    let mut directory = Vec::new();
+    for file in &args.directory {
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("export").to_string();
+        let bytes = std::fs::read(file).map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+        directory.push((name, bytes));
+    }
+    // The box's configuration: who it is and where its gateway is; every other key keeps its default.
+    let mut box_config = firmware_config::Config::default();
+    box_config.identity.uai = args.uai.clone();
+    box_config.identity.name = args.name.clone();
+    box_config.uplink.gateway = args.url.clone();
+    box_config.validate(Path::new("relais.toml")).map_err(Failure::input)?;
+    let validity = region_config.region.token_validity.0;
+    let tokens = ca.tokens().map_err(Failure::runtime)?;
+    let token = tokens.issue(&args.uai, validity).map_err(Failure::input)?;
+    let spec = BundleSpec {
+        uai: args.uai.clone(),
+        name: args.name.clone(),
+        gateway_url: args.url.clone(),
+        expiry: validity,
+        config_toml: box_config.to_toml(),
+        directory,
+    };
+    ca.write_bundle(&spec, &token, &args.out).map_err(Failure::input)?;
+    println!("bundle écrit : {}", args.out.display());
+    println!("école : {} ({}), passerelle : {}", args.name, args.uai, args.url);
+    println!("valable {} jours ; empreinte de l'autorité : {}", validity.as_secs() / 86400, ca.root_fingerprint());
+    Ok(())
+}
+
+fn revoke(data: &Path, uai: Option<String>, serial: Option<String>) -> Outcome {
+    let ca = open_ca(data)?;
+    match (uai, serial) {
+        (Some(uai), _) => {
+            let serials = ca.revoke_uai(&uai).map_err(Failure::input)?;
+            if serials.is_empty() {
+                println!("aucun certificat actif pour {uai}");
+            } else {
+                println!("{uai} : certificats révoqués : {}", serials.join(", "));
+            }
+        }
+        (None, Some(serial)) => {
+            ca.revoke_serial(&serial).map_err(Failure::input)?;
+            println!("certificat {serial} révoqué");
+        }
+        (None, None) => return Err(Failure::input("nommez --uai ou --serial")),
+    }
+    println!("la passerelle refusera ce certificat à la prochaine connexion");
+    Ok(())
 }

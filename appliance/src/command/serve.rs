@@ -31,6 +31,6 @@ pub fn run(args: ServeArgs) -> Outcome {
         }
         println!("listening on http://{addr}");
         log::info!("portal on http://{addr}, data in {}", data.display());
-        server::run(app, listener, shutdown).await.map_err(Failure::runtime)
+        server::run(app, listener, server::Transport::Plain, shutdown).await.map_err(Failure::runtime)
     })
 }

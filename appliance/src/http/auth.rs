@@ -29,9 +29,10 @@ struct Me<'a> {
     quota: Quota,
 }
 
-/// The `Set-Cookie` value for a new session (`Secure` is added once the portal speaks TLS).
-pub fn session_cookie(token: &str, max_age_secs: u64) -> String {
-    format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}", session::COOKIE)
+/// The `Set-Cookie` value for a new session; `Secure` under TLS so the cookie never leaves in clear.
+pub fn session_cookie(token: &str, max_age_secs: u64, tls: bool) -> String {
+    let secure = if tls { "; Secure" } else { "" };
+    format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}", session::COOKIE)
 }
 
 pub fn clear_cookie() -> String {
@@ -44,7 +45,7 @@ pub async fn login(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     let (token, user) = ctx.app.login(&creds.login, &creds.password, ctx.peer.ip()).await?;
     let mut resp = me_response(ctx, &user)?;
     let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
-    set(&mut resp, header::SET_COOKIE, &session_cookie(&token, max_age));
+    set(&mut resp, header::SET_COOKIE, &session_cookie(&token, max_age, ctx.conn.tls));
     ctx.user = Some(user);
     Ok(resp)
 }
@@ -63,7 +64,7 @@ pub async fn activate(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError>
     let (token, user) = ctx.app.activate(&a.login, &a.code, &a.password, ctx.peer.ip()).await?;
     let mut resp = me_response(ctx, &user)?;
     let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
-    set(&mut resp, header::SET_COOKIE, &session_cookie(&token, max_age));
+    set(&mut resp, header::SET_COOKIE, &session_cookie(&token, max_age, ctx.conn.tls));
     ctx.user = Some(user);
     Ok(resp)
 }

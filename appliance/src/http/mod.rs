@@ -5,7 +5,7 @@
 
 mod admin;
 mod auth;
-mod body;
+pub mod body;
 mod files;
 mod portal;
 mod zipstream;
@@ -62,6 +62,8 @@ pub enum ApiError {
     AccountDisabled,
     #[error("première connexion : choisissez votre mot de passe avec votre code d'activation")]
     ActivationRequired,
+    #[error("{0}")]
+    EnrollmentRefused(String),
     #[error("erreur interne du serveur : l'administrateur trouvera la cause dans le journal")]
     Internal(String),
 }
@@ -70,7 +72,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::BadCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadCredentials | ApiError::Unauthorized | ApiError::EnrollmentRefused(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden | ApiError::AccountDisabled | ApiError::ActivationRequired => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -133,10 +137,21 @@ impl From<LoginError> for ApiError {
     }
 }
 
+/// What is known of a connection before any request: who is at the other end.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (cookies then get `Secure`).
+    pub tls: bool,
+    /// The school of a box that presented a certificate the gateway verified (mutual TLS).
+    pub box_uai: Option<String>,
+}
+
 /// One request's context: the app, the client, and who they turned out to be.
 pub struct Ctx {
     pub app: Arc<App>,
     pub peer: SocketAddr,
+    pub conn: Arc<Connection>,
     pub user: Option<User>,
     pub session: Option<(String, Session)>,
 }
@@ -211,11 +226,12 @@ pub fn redirect(location: &str) -> Response {
 }
 
 /// Serves one request and writes its log line.
-pub async fn serve(app: Arc<App>, req: Request, peer: SocketAddr) -> Result<Response, Infallible> {
+pub async fn serve(app: Arc<App>, req: Request, conn: Arc<Connection>) -> Result<Response, Infallible> {
+    let peer = conn.peer;
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut ctx = Ctx { app: app.clone(), peer, user: None, session: None };
+    let mut ctx = Ctx { app: app.clone(), peer, conn, user: None, session: None };
     let mut resp = match route(&mut ctx, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -229,7 +245,11 @@ pub async fn serve(app: Arc<App>, req: Request, peer: SocketAddr) -> Result<Resp
     app.metrics.record_status(status);
     set(&mut resp, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     let uai = if app.config.identity.uai.is_empty() { "-" } else { &app.config.identity.uai };
-    let user = ctx.user.as_ref().map_or("-", |u| u.login.as_str());
+    let user = match (&ctx.user, &ctx.conn.box_uai) {
+        (Some(u), _) => u.login.as_str(),
+        (None, Some(uai)) => uai.as_str(),
+        (None, None) => "-",
+    };
     log::info!("{uai} {user} {} {method} {path} {status} {}ms", peer.ip(), started.elapsed().as_millis());
     Ok(resp)
 }
@@ -240,6 +260,10 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok")),
         (&Method::GET, "/metrics") => metrics(ctx, &req),
+        (_, p) if p.starts_with("/.well-known/est/") => match ctx.app.region.clone() {
+            Some(gateway) => crate::region::est::handle(ctx, &gateway, req).await,
+            None => Err(ApiError::NotFound),
+        },
         (&Method::POST, "/api/login") => auth::login(ctx, req).await,
         (&Method::POST, "/api/logout") => auth::logout(ctx, req).await,
         (&Method::POST, "/api/activate") => auth::activate(ctx, req).await,

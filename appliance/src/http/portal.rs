@@ -229,7 +229,7 @@ async fn login_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError>
         Ok((token, user)) => {
             let mut resp = redirect("/accueil");
             let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
-            set(&mut resp, header::SET_COOKIE, &auth::session_cookie(&token, max_age));
+            set(&mut resp, header::SET_COOKIE, &auth::session_cookie(&token, max_age, ctx.conn.tls));
             ctx.user = Some(user);
             Ok(resp)
         }
@@ -280,7 +280,7 @@ async fn activation_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiE
         Ok((token, user)) => {
             let mut resp = redirect("/accueil");
             let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
-            set(&mut resp, header::SET_COOKIE, &auth::session_cookie(&token, max_age));
+            set(&mut resp, header::SET_COOKIE, &auth::session_cookie(&token, max_age, ctx.conn.tls));
             ctx.user = Some(user);
             Ok(resp)
         }

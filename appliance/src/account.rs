@@ -114,9 +114,9 @@ fn params() -> Params {
 
 /// Argon2's working memory, kept between hashes. Allocated per hash, each 19 MiB block went back to glibc,
 /// which kept it: the box's RSS grew by 18 MiB per concurrent login and passed 2 GiB in a benchmark. Reused,
-/// the memory stays at `POOLED` blocks; logins are already bounded to one per core by the app.
+/// the memory stays at `POOLED` blocks; the app runs one hash at a time.
 static MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
-const POOLED: usize = 2;
+const POOLED: usize = 1;
 
 fn with_memory<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
     let mut memory = MEMORY.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
@@ -138,8 +138,10 @@ pub fn hash_password(password: &str) -> Result<String, AccountError> {
     let salt_raw = salt.decode_b64(&mut salt_bytes).map_err(|e| AccountError::Hash(e.to_string()))?;
     let mut out = [0u8; 32];
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-    with_memory(params.block_count(), |memory| argon.hash_password_into_with_memory(password.as_bytes(), salt_raw, &mut out, memory))
-        .map_err(|e| AccountError::Hash(e.to_string()))?;
+    with_memory(params.block_count(), |memory| {
+        argon.hash_password_into_with_memory(password.as_bytes(), salt_raw, &mut out, memory)
+    })
+    .map_err(|e| AccountError::Hash(e.to_string()))?;
     let phc = PasswordHash {
         algorithm: argon2::ARGON2ID_IDENT,
         version: Some(Version::V0x13.into()),

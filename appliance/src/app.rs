@@ -24,8 +24,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Set when this process is the regional gateway: its CA and enrollment state.
     pub region: Option<Arc<crate::region::Gateway>>,
-    /// Bounds concurrent argon2 verifications: each takes 19 MiB, and 30 pupils logging in at 8:00 must not
-    /// push a 1 GiB box into swap.
+    /// One argon2 hash at a time: each takes 19 MiB (kept between hashes, see `account`), and with one
+    /// core hashing the others keep serving files while 30 pupils log in at 8:00.
     hashing: tokio::sync::Semaphore,
 }
 
@@ -75,7 +75,7 @@ impl App {
             region,
             throttle: Throttle::new(&config.login),
             metrics: Metrics::default(),
-            hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            hashing: tokio::sync::Semaphore::new(1),
             store,
             config,
         };
@@ -115,6 +115,17 @@ impl App {
         }
     }
 
+    /// Runs a password hash or check on a blocking thread, one at a time (see `hashing`).
+    pub async fn hash_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _permit = self.hashing.acquire().await;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| StoreError::io(Path::new("argon2"), std::io::Error::other(e)))
+    }
+
     /// The quota of a role, `None` when unlimited.
     pub fn quota(&self, role: Role) -> Option<u64> {
         let q = &self.config.quota;
@@ -149,11 +160,8 @@ impl App {
             .map(|u| u.password_hash.clone())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| account::decoy_hash().to_string());
-        let ok = {
-            let _permit = self.hashing.acquire().await;
-            let password = password.to_string();
-            tokio::task::spawn_blocking(move || account::verify_password(&password, &phc)).await.unwrap_or(false)
-        };
+        let password = password.to_string();
+        let ok = self.hash_work(move || account::verify_password(&password, &phc)).await.unwrap_or(false);
         let user = match user {
             Some(user) if ok && !user.password_hash.is_empty() => user,
             _ => {
@@ -212,13 +220,10 @@ impl App {
             return Err(LoginError::WeakPassword);
         }
         let password = password.to_string();
-        user.password_hash = {
-            let _permit = self.hashing.acquire().await;
-            tokio::task::spawn_blocking(move || account::hash_password(&password))
-                .await
-                .map_err(|e| StoreError::io(Path::new("argon2"), std::io::Error::other(e)))?
-                .map_err(|e| StoreError::io(Path::new("argon2"), std::io::Error::other(e.to_string())))?
-        };
+        user.password_hash = self
+            .hash_work(move || account::hash_password(&password))
+            .await?
+            .map_err(|e| StoreError::io(Path::new("argon2"), std::io::Error::other(e.to_string())))?;
         user.activation_code = None;
         self.store.put_user(&user).await?;
         self.throttle.succeeded(login);

@@ -7,10 +7,10 @@ use provisioning::{BundleSpec, RegionalCa};
 
 use crate::app::App;
 use crate::cli::{BundleArgs, RegionAction, ServeArgs};
+use crate::logging;
 use crate::region::{self, Gateway};
 use crate::server::{self, TlsSource, Transport};
 use crate::store::{DataLock, LockError};
-use crate::logging;
 
 use super::{effective_config, Failure, Outcome};
 

@@ -105,10 +105,7 @@ pub async fn receive(ctx: &Ctx, req: Request) -> Result<std::path::PathBuf, ApiE
 /// Validates, hashes (on a blocking thread) and stores a new account.
 pub async fn create(ctx: &Ctx, new: NewUser) -> Result<User, ApiError> {
     let login = new.login.clone();
-    let user = tokio::task::spawn_blocking(move || new.into_user())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let user = ctx.app.hash_work(move || new.into_user()).await?.map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match ctx.app.store.create_user(&user).await {
         Ok(()) => {
             let by = ctx.user.as_ref().map_or("-", |u| u.login.as_str());

@@ -353,6 +353,11 @@ async fn file_body(
     size: u64,
 ) -> Result<super::Body, ApiError> {
     let whole = start == 0 && len == size;
+    if size <= SMALL_FILE {
+        if let Some(bytes) = app.store.small_blobs.get(&hash) {
+            return Ok(full(bytes.slice(start as usize..(start + len) as usize)));
+        }
+    }
     if len <= SMALL_FILE {
         // One hop to a blocking thread for open, seek and read together: per-call tokio::fs hops were most of
         // the cost of a small GET.
@@ -370,6 +375,10 @@ async fn file_body(
         .map_err(|e| ApiError::Internal(format!("read blob {hash:?}: {e}")))?;
         if whole && blake3::hash(&buf).as_bytes() != &hash.0 || buf.len() as u64 != len {
             return Err(ApiError::Internal(format!("blob {hash:?} is damaged on disk")));
+        }
+        let buf = bytes::Bytes::from(buf);
+        if whole {
+            app.store.small_blobs.put(hash, buf.clone());
         }
         return Ok(full(buf));
     }

@@ -47,9 +47,10 @@ fn unix(t: SystemTime) -> u64 {
 
 fn refused(e: TokenError) -> ApiError {
     match e {
-        TokenError::Unknown | TokenError::WrongUai { .. } | TokenError::AlreadyUsed { .. } | TokenError::Expired { .. } => {
-            ApiError::EnrollmentRefused(e.to_string())
-        }
+        TokenError::Unknown
+        | TokenError::WrongUai { .. }
+        | TokenError::AlreadyUsed { .. }
+        | TokenError::Expired { .. } => ApiError::EnrollmentRefused(e.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
 }

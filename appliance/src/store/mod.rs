@@ -7,6 +7,7 @@
 //! garbage collection race-free (a blob is unlinked only while nobody can be adding a reference to it).
 
 mod blob;
+mod cache;
 mod lock;
 #[cfg(test)]
 mod tests;
@@ -92,7 +93,12 @@ pub struct Store {
     blobs: blob::BlobStore,
     /// Serialises metadata mutations; see the module documentation.
     mutate: tokio::sync::Mutex<()>,
+    /// Small contents in memory, by hash.
+    pub small_blobs: cache::BlobCache,
 }
+
+/// Memory for small file contents served from RAM (see `cache`).
+const SMALL_BLOB_CACHE: usize = 8 << 20;
 
 /// Records per sled batch in bulk directory writes.
 const BATCH: usize = 1000;
@@ -188,6 +194,7 @@ impl Store {
             db,
             blobs,
             mutate: tokio::sync::Mutex::new(()),
+            small_blobs: cache::BlobCache::new(SMALL_BLOB_CACHE),
         };
         // An import cut by a crash: finish it if its changes were complete, else forget it.
         if store.users_staging.contains_key(READY_MARK)? {

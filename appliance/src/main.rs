@@ -18,6 +18,7 @@ fn main() -> ExitCode {
             command::provision::apply(&file, data, force_reset)
         }
     };
+    relais::logging::flush();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

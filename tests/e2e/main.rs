@@ -20,3 +20,5 @@ mod hostile;
 mod lifecycle;
 /// Who may read and write where: one table over the five roles and the four kinds of space.
 mod permissions;
+/// Provisioning bundles refused whole or applied all at once; enrollment, renewal and revocation with the region.
+mod trust;

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // Not every test module uses every helper.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -1090,4 +1091,181 @@ pub fn peak_rss_kib(pid: Pid) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A box set up before its first start, and the regional gateway
+// ---------------------------------------------------------------------------------------------------------
+
+impl Relais {
+    /// A box whose folders exist (`root/data`, `root/relais.toml` with `config_toml`) but which is not running:
+    /// prepare its data folder (e.g. `relais provision apply`), then start it with [`Relais::respawn`].
+    pub fn unstarted(config_toml: &str, admin_password: Option<&str>) -> Relais {
+        let root = tempfile::Builder::new().prefix("relais-e2e-").tempdir().expect("create a temp folder");
+        std::fs::create_dir(root.path().join("data")).expect("create the data folder");
+        std::fs::write(root.path().join("relais.toml"), config_toml).expect("write the config");
+        Relais {
+            root,
+            admin_password: admin_password.map(str::to_string),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base: Arc::new(RwLock::new(String::new())),
+            stdout: Arc::new(Mutex::new(Vec::new())),
+            stderr: Arc::new(Mutex::new(VecDeque::new())),
+            runs: 0,
+        }
+    }
+}
+
+/// Runs `relais ARGS…` to completion (60 s at most) and returns its exit code (`None` if killed), stdout and
+/// stderr.
+pub fn relais_cli<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RELAIS_ADMIN_PASSWORD");
+    let (status, out, err) = run_bounded(cmd, Duration::from_secs(60));
+    (status.and_then(|s| s.code()), out, err)
+}
+
+/// A regional gateway: `relais region init` in a temp folder, then `relais region serve` on 127.0.0.1 with an
+/// ephemeral port (HTTPS). Dropping it kills the server and removes the folder.
+pub struct Region {
+    root: tempfile::TempDir,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Region {
+    /// Initialises the region's CA (gateway names: localhost, 127.0.0.1, ::1). `config_toml`, if given, is
+    /// the region's configuration (e.g. a short `[region] certificate_validity`).
+    pub fn init(config_toml: Option<&str>) -> Region {
+        let root = tempfile::Builder::new().prefix("relais-region-e2e-").tempdir().expect("create a temp folder");
+        let region = Region { root, child: None, addr: None, stderr: Arc::new(Mutex::new(VecDeque::new())) };
+        if let Some(config) = config_toml {
+            std::fs::write(region.config_path(), config).expect("write the region config");
+        }
+        let data = region.data_dir();
+        let (code, out, err) = relais_cli([OsStr::new("region"), "init".as_ref(), "--data".as_ref(), data.as_ref()]);
+        assert_eq!(code, Some(0), "relais region init failed\nstdout:\n{out}\nstderr:\n{err}");
+        region
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("region")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.path().join("region.toml")
+    }
+
+    /// The CA folder `relais region init` made.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.data_dir().join("ca")
+    }
+
+    /// `https://127.0.0.1:PORT` of the running gateway.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr.expect("the region is not serving"))
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.lock().expect("stderr lock").iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Starts `relais region serve` (with the region's config if `init` was given one) and waits for its
+    /// `listening on https://…` line.
+    pub fn serve(&mut self) {
+        assert!(self.child.is_none(), "the region is already serving");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("region").arg("serve").arg("--data").arg(self.data_dir()).arg("--listen").arg("127.0.0.1:0");
+        if self.config_path().exists() {
+            cmd.arg("--config").arg(self.config_path());
+        }
+        cmd.env("RELAIS_ADMIN_PASSWORD", ADMIN_PASSWORD);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel::<Option<String>>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on https://").nth(1) {
+                    let _ = tx.send(Some(addr.trim().trim_end_matches('/').to_string()));
+                }
+            }
+            let _ = tx.send(None);
+        });
+        let tail = self.stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut tail = tail.lock().expect("stderr lock");
+                if tail.len() == STDERR_KEPT {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(addr)) => {
+                let parsed =
+                    addr.parse().unwrap_or_else(|e| panic!("bad address in `listening on https://{addr}`: {e}"));
+                self.addr = Some(parsed);
+            }
+            other => {
+                self.kill();
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("relais region serve did not start ({other:?})\nstderr:\n{}", self.stderr_tail());
+            }
+        }
+    }
+
+    /// SIGKILL and reap the gateway.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `relais region bundle` for `uai`, pointing at the running gateway (or at `url` if given), with
+    /// `directory` exports; returns the bundle's path. Panics unless it succeeds.
+    pub fn bundle(&self, uai: &str, name: &str, url: Option<&str>, directory: &[PathBuf]) -> PathBuf {
+        let out = self.root.path().join(format!("bundle-{uai}-{}.zip", rand::random::<u32>()));
+        let url = url.map_or_else(|| self.url(), str::to_string);
+        let data = self.data_dir();
+        let mut args: Vec<&OsStr> = ["region", "bundle", "--data"].map(OsStr::new).to_vec();
+        args.push(data.as_os_str());
+        for (flag, value) in [("--uai", uai), ("--name", name), ("--url", url.as_str())] {
+            args.extend([OsStr::new(flag), OsStr::new(value)]);
+        }
+        args.extend([OsStr::new("--out"), out.as_os_str()]);
+        if !directory.is_empty() {
+            args.push(OsStr::new("--directory"));
+            args.extend(directory.iter().map(|p| p.as_os_str()));
+        }
+        let (code, stdout, stderr) = relais_cli(&args);
+        assert_eq!(code, Some(0), "relais region bundle failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        out
+    }
+
+    /// `relais region revoke --uai UAI`; panics unless it succeeds.
+    pub fn revoke(&self, uai: &str) {
+        let data = self.data_dir();
+        let args =
+            [OsStr::new("region"), "revoke".as_ref(), "--data".as_ref(), data.as_ref(), "--uai".as_ref(), uai.as_ref()];
+        let (code, out, err) = relais_cli(args);
+        assert_eq!(code, Some(0), "relais region revoke failed\nstdout:\n{out}\nstderr:\n{err}");
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- relais region stderr (last lines) ----\n{}\n----", self.stderr_tail());
+        }
+        self.kill();
+    }
 }

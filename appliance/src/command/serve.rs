@@ -31,6 +31,11 @@ pub fn run(args: ServeArgs) -> Outcome {
         }
         println!("listening on http://{addr}");
         log::info!("portal on http://{addr}, data in {}", data.display());
-        server::run(app, listener, server::Transport::Plain, shutdown).await.map_err(Failure::runtime)
+        // Enrollment and renewal with the regional gateway, beside the portal; stopped once the server is.
+        let (stop_enroll, enroll_stopped) = tokio::sync::watch::channel(false);
+        let _enroll = crate::enroll::spawn(&app.config, enroll_stopped);
+        let served = server::run(app, listener, server::Transport::Plain, shutdown).await;
+        let _ = stop_enroll.send(true);
+        served.map_err(Failure::runtime)
     })
 }

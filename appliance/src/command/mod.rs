@@ -48,3 +48,42 @@ pub fn effective_config(
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Runtime::new().map_err(Failure::runtime)
 }
+
+/// What both daemons (the box and the gateway) do before serving: the configuration with the command-line
+/// overrides, logging, and the data folder's lock (held as long as the returned guard lives).
+pub fn daemon(
+    args: crate::cli::ServeArgs,
+) -> Result<(firmware_config::Config, std::path::PathBuf, crate::store::DataLock), Failure> {
+    use crate::store::{DataLock, LockError};
+    let mut config = effective_config(args.config.as_deref(), args.data)?;
+    if let Some(listen) = args.listen {
+        config.lan.listen = listen;
+    }
+    crate::logging::init(&config.logging.level);
+    let data = config.storage.data.clone();
+    let lock = DataLock::acquire(&data).map_err(|e| match e {
+        LockError::Busy { .. } => Failure::input(e),
+        LockError::Io { .. } => Failure::runtime(e),
+    })?;
+    Ok((config, data, lock))
+}
+
+/// Binds the portal's listener and installs the shutdown signals, then tells the technician (and tests)
+/// where it listens: `admin password …` when one was made up, then `listening on SCHEME://ADDR`.
+pub async fn listen(
+    app: &crate::app::App,
+    scheme: &str,
+    admin_password: Option<String>,
+) -> Result<(tokio::net::TcpListener, impl std::future::Future<Output = ()>), Failure> {
+    let listener = tokio::net::TcpListener::bind(app.config.lan.listen)
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", app.config.lan.listen)))?;
+    let addr = listener.local_addr().map_err(Failure::runtime)?;
+    let shutdown = crate::server::shutdown_signal().map_err(Failure::runtime)?;
+    if let Some(password) = admin_password {
+        println!("admin password (shown once, write it down): {password}");
+    }
+    println!("listening on {scheme}://{addr}");
+    log::info!("listening on {scheme}://{addr}, data in {}", app.config.storage.data.display());
+    Ok((listener, shutdown))
+}

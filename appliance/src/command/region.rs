@@ -7,10 +7,8 @@ use provisioning::{BundleSpec, RegionalCa};
 
 use crate::app::App;
 use crate::cli::{BundleArgs, RegionAction, ServeArgs};
-use crate::logging;
 use crate::region::{self, Gateway};
 use crate::server::{self, TlsSource, Transport};
-use crate::store::{DataLock, LockError};
 
 use super::{effective_config, Failure, Outcome};
 
@@ -50,16 +48,7 @@ impl TlsSource for GatewaySource {
 }
 
 fn serve(args: ServeArgs) -> Outcome {
-    let mut config = effective_config(args.config.as_deref(), args.data)?;
-    if let Some(listen) = args.listen {
-        config.lan.listen = listen;
-    }
-    logging::init(&config.logging.level);
-    let data = config.storage.data.clone();
-    let _lock = DataLock::acquire(&data).map_err(|e| match e {
-        LockError::Busy { .. } => Failure::input(e),
-        LockError::Io { .. } => Failure::runtime(e),
-    })?;
+    let (config, data, _lock) = super::daemon(args)?;
     let gateway = Arc::new(
         Gateway::open(&data, config.region.certificate_validity.0)
             .map_err(|e| Failure::input(format!("{e}\n(relais region init --data {} d'abord)", data.display())))?,
@@ -68,16 +57,7 @@ fn serve(args: ServeArgs) -> Outcome {
         let (app, admin_password) = App::open_with(config, &data, Some(gateway.clone()))
             .await
             .map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
-        let listener = tokio::net::TcpListener::bind(app.config.lan.listen)
-            .await
-            .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", app.config.lan.listen)))?;
-        let addr = listener.local_addr().map_err(Failure::runtime)?;
-        let shutdown = server::shutdown_signal().map_err(Failure::runtime)?;
-        if let Some(password) = admin_password {
-            println!("admin password (shown once, write it down): {password}");
-        }
-        println!("listening on https://{addr}");
-        log::info!("regional gateway on https://{addr}, data in {}", data.display());
+        let (listener, shutdown) = super::listen(&app, "https", admin_password).await?;
         let transport = Transport::Tls(Arc::new(GatewaySource(gateway)));
         server::run(app, listener, transport, shutdown).await.map_err(Failure::runtime)
     })

@@ -35,6 +35,14 @@ pub fn session_cookie(token: &str, max_age_secs: u64, tls: bool) -> String {
     format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}", session::COOKIE)
 }
 
+/// Hands a new session to the browser: its cookie on `resp`, and the user on the request's context (for the
+/// log line).
+pub fn start_session(ctx: &mut Ctx, resp: &mut Response, token: &str, user: User) {
+    let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
+    set(resp, header::SET_COOKIE, &session_cookie(token, max_age, ctx.conn.tls));
+    ctx.user = Some(user);
+}
+
 pub fn clear_cookie() -> String {
     format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", session::COOKIE)
 }
@@ -44,9 +52,7 @@ pub async fn login(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     let creds: Credentials = body::read_json(req, idle).await?;
     let (token, user) = ctx.app.login(&creds.login, &creds.password, ctx.peer.ip()).await?;
     let mut resp = me_response(ctx, &user)?;
-    let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
-    set(&mut resp, header::SET_COOKIE, &session_cookie(&token, max_age, ctx.conn.tls));
-    ctx.user = Some(user);
+    start_session(ctx, &mut resp, &token, user);
     Ok(resp)
 }
 
@@ -63,9 +69,7 @@ pub async fn activate(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError>
     let a: Activation = body::read_json(req, idle).await?;
     let (token, user) = ctx.app.activate(&a.login, &a.code, &a.password, ctx.peer.ip()).await?;
     let mut resp = me_response(ctx, &user)?;
-    let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
-    set(&mut resp, header::SET_COOKIE, &session_cookie(&token, max_age, ctx.conn.tls));
-    ctx.user = Some(user);
+    start_session(ctx, &mut resp, &token, user);
     Ok(resp)
 }
 

@@ -228,9 +228,7 @@ async fn login_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError>
     match ctx.app.login(&login, &password, ctx.peer.ip()).await {
         Ok((token, user)) => {
             let mut resp = redirect("/accueil");
-            let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
-            set(&mut resp, header::SET_COOKIE, &auth::session_cookie(&token, max_age, ctx.conn.tls));
-            ctx.user = Some(user);
+            auth::start_session(ctx, &mut resp, &token, user);
             Ok(resp)
         }
         Err(crate::app::LoginError::MustActivate) => Ok(activation_page(ctx, &headers, &login, &password, None)),
@@ -279,9 +277,7 @@ async fn activation_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiE
     match ctx.app.activate(&login, &code, &password, ctx.peer.ip()).await {
         Ok((token, user)) => {
             let mut resp = redirect("/accueil");
-            let max_age = ctx.app.config.login.session_lifetime.0.as_secs();
-            set(&mut resp, header::SET_COOKIE, &auth::session_cookie(&token, max_age, ctx.conn.tls));
-            ctx.user = Some(user);
+            auth::start_session(ctx, &mut resp, &token, user);
             Ok(resp)
         }
         Err(crate::app::LoginError::WeakPassword) => Ok(activation_page(

@@ -146,14 +146,9 @@ impl App {
         }
         let user = self.store.user(login)?;
         // An account waiting for activation accepts its one-time code instead of a password.
-        let code = user
-            .as_ref()
-            .and_then(|u| u.activation_code.clone())
-            .filter(|_| user.as_ref().is_some_and(|u| u.password_hash.is_empty()));
-        if let (Some(code), Some(_)) = (&code, &user) {
-            if session::same_secret(&normalize_code(password), code) {
-                return Err(LoginError::MustActivate);
-            }
+        let pending = user.as_ref().filter(|u| u.password_hash.is_empty()).and_then(|u| u.activation_code.as_deref());
+        if pending.is_some_and(|code| session::same_secret(&normalize_code(password), code)) {
+            return Err(LoginError::MustActivate);
         }
         let phc = user
             .as_ref()

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use rand::RngCore;
 
 /// Mode of private keys, tokens and bundles: owner read/write only.
-pub(crate) const SECRET_MODE: u32 = 0o600;
+pub const SECRET_MODE: u32 = 0o600;
 /// Mode of certificates and other public files.
-pub(crate) const PUBLIC_MODE: u32 = 0o644;
+pub const PUBLIC_MODE: u32 = 0o644;
 
 /// Why a file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +35,14 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
 /// Writes `bytes` to `path` so that a reader (or a crash) sees either the old file or the new one, never half.
 /// The temporary file is created with `mode` already set, so a secret is never readable by others, not even
 /// for the instant between create and chmod.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DiskError> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DiskError> {
     let dir = parent(path);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::rngs::OsRng.next_u64()));
     let result = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
+        // The umask may have narrowed the mode; a public file must stay readable by the service user's tools.
+        file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
         file.write_all(bytes).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         drop(file);
@@ -64,7 +66,7 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Disk
 
 /// Reads a secret file, refusing it when group or others have any access. The mode is taken from the open
 /// file handle, so the file checked is the file read.
-pub(crate) fn read_secret(path: &Path) -> Result<Vec<u8>, DiskError> {
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, DiskError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mode = file.metadata().map_err(io_err(path))?.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
@@ -105,7 +107,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), DiskError> {
 
 /// Makes a rename in `dir` durable: without it a power cut can forget the new name even after the file's data
 /// reached the disk.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), DiskError> {
+pub fn sync_dir(dir: &Path) -> Result<(), DiskError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 

@@ -9,7 +9,7 @@ mod box_key;
 mod bundle;
 mod ca;
 mod clock;
-mod disk;
+pub mod disk;
 mod index;
 mod token;
 

@@ -146,14 +146,7 @@ impl<R> Limited<R> {
 
 impl<R: BufRead> Read for Limited<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let buf = self.fill_buf()?;
-            let n = buf.len().min(out.len());
-            out[..n].copy_from_slice(&buf[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        read_through(self, out)
     }
 }
 
@@ -176,6 +169,15 @@ impl<R: BufRead> BufRead for Limited<R> {
         self.left = self.left.saturating_sub(n as u64);
         self.inner.consume(n);
     }
+}
+
+/// `Read` for the wrappers here, through their own `BufRead` so their limits and counts apply to every byte.
+fn read_through(reader: &mut impl BufRead, out: &mut [u8]) -> io::Result<usize> {
+    let buf = reader.fill_buf()?;
+    let n = buf.len().min(out.len());
+    out[..n].copy_from_slice(&buf[..n]);
+    reader.consume(n);
+    Ok(n)
 }
 
 /// Counts the newlines that went through, to turn quick-xml's byte positions into line numbers, and fails
@@ -207,14 +209,7 @@ impl<R: BufRead> LineCounter<R> {
 
 impl<R: BufRead> Read for LineCounter<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let buf = self.fill_buf()?;
-            let n = buf.len().min(out.len());
-            out[..n].copy_from_slice(&buf[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        read_through(self, out)
     }
 }
 
@@ -260,14 +255,7 @@ impl<R: BufRead> Latin1ToUtf8<R> {
 
 impl<R: BufRead> Read for Latin1ToUtf8<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let buf = self.fill_buf()?;
-            let n = buf.len().min(out.len());
-            out[..n].copy_from_slice(&buf[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        read_through(self, out)
     }
 }
 

@@ -12,12 +12,13 @@
 //! Every write is atomic (temporary file created with its final mode, fsync, rename, fsync of the folder), so
 //! a power cut leaves the old file or the new one, and a key is never readable by others, not even briefly.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use provisioning::disk::DiskError;
 use provisioning::{BoxKey, BoxKeyError};
 use rand::RngCore;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -32,10 +33,8 @@ pub const BOX_CERT: &str = "box.crt";
 pub const LAN_KEY: &str = "lan.key";
 pub const LAN_CERT: &str = "lan.crt";
 
-/// Keys and the token: owner only.
-pub const SECRET_MODE: u32 = 0o600;
-/// Certificates, the root and the UAI: nothing secret in them.
-pub const PUBLIC_MODE: u32 = 0o644;
+/// Keys and the token: owner only; certificates, the root and the UAI: nothing secret in them.
+pub use provisioning::disk::{PUBLIC_MODE, SECRET_MODE};
 
 /// Why the identity could not be read or written. Messages name the file.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +49,17 @@ pub enum IdentityError {
     Corrupt { path: PathBuf, message: String },
     #[error(transparent)]
     Key(#[from] BoxKeyError),
+}
+
+impl From<DiskError> for IdentityError {
+    fn from(e: DiskError) -> Self {
+        match e {
+            DiskError::Io { path, source } => IdentityError::Io { path, source },
+            DiskError::LooseMode { path, mode } => IdentityError::LooseMode { path, mode },
+            DiskError::Corrupt { path, message } => IdentityError::Corrupt { path, message },
+            DiskError::Exists { path } => IdentityError::Corrupt { path, message: "already exists".into() },
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IdentityError + '_ {
@@ -311,39 +321,14 @@ pub fn wipe(data: &Path) -> Result<(), IdentityError> {
 }
 
 /// Writes `bytes` to `path` so that a reader (or a crash) sees the old file or the new one, never half; the
-/// temporary file has `mode` from its creation.
+/// temporary file has `mode` from its creation (the provisioning crate's writer, shared by CA and box).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
-    let dir = parent(path);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::rngs::OsRng.next_u64()));
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
-        // The umask may have narrowed the mode; a public file must stay readable by the service user's tools.
-        file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
-        file.write_all(bytes).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        // Best effort: the temporary file is garbage whatever happened; the first error is what matters.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(provisioning::disk::write_atomic(path, bytes, mode)?)
 }
 
-/// Reads a secret, refusing it when group or others have any access (mode taken from the open handle, so the
-/// file checked is the file read).
+/// Reads a secret, refusing it when group or others have any access.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let mode = file.metadata().map_err(io_err(path))?.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(IdentityError::LooseMode { path: path.to_owned(), mode });
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io_err(path))?;
-    Ok(bytes)
+    Ok(provisioning::disk::read_secret(path)?)
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, IdentityError> {
@@ -370,14 +355,7 @@ pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
 
 /// Makes a rename in `dir` durable: without it a power cut can forget the new name.
 pub fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
-}
-
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
+    Ok(provisioning::disk::sync_dir(dir)?)
 }
 
 /// Now, in unix seconds (0 before 1970 rather than a failure).

@@ -1,5 +1,7 @@
 //! `/api/admin/users`: the admin creates and lists accounts.
 
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use http::{Method, StatusCode};
 use serde::Serialize;
 
@@ -55,7 +57,8 @@ pub async fn import(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         .uri()
         .query()
         .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "file").map(|(_, v)| v.into_owned()));
-    let path = receive(ctx, req).await?;
+    let idle = ctx.app.config.limits.body_idle_timeout.0;
+    let path = receive(ctx, body::stream(req.into_body(), idle), &mut 0).await?;
     let report = ctx.app.import(vec![(name, path.clone())]).await;
     let _ = std::fs::remove_file(&path);
     let report = report?;
@@ -76,18 +79,22 @@ pub async fn undo(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     }
 }
 
-/// Streams a request body into a scratch file, refusing more than the configured import size.
-pub async fn receive(ctx: &Ctx, req: Request) -> Result<std::path::PathBuf, ApiError> {
+/// Streams an upload into a scratch file under the store's `tmp/`. `total` counts the bytes of every file of
+/// one import, which together may not pass `directory.max_import_size`.
+pub async fn receive(
+    ctx: &Ctx,
+    chunks: impl Stream<Item = Result<Bytes, ApiError>>,
+    total: &mut u64,
+) -> Result<std::path::PathBuf, ApiError> {
     use std::io::Write;
     let limit = ctx.app.config.directory.max_import_size.0;
-    let idle = ctx.app.config.limits.body_idle_timeout.0;
     let (path, mut file) = ctx.app.store.scratch_file()?;
-    let mut body = req.into_body();
-    let mut size = 0u64;
+    let mut chunks = std::pin::pin!(chunks);
     let result = async {
-        while let Some(chunk) = super::body::next_chunk(&mut body, idle).await? {
-            size += chunk.len() as u64;
-            if size > limit {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            *total += chunk.len() as u64;
+            if *total > limit {
                 return Err(ApiError::PayloadTooLarge);
             }
             file.write_all(&chunk).map_err(|e| ApiError::Internal(format!("import scratch file: {e}")))?;

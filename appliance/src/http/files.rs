@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures_util::{StreamExt as _, TryStreamExt};
+use futures_util::{Stream, StreamExt as _, TryStreamExt};
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -16,7 +16,7 @@ use crate::account::{Role, User};
 use crate::app::{App, Family};
 use crate::path::{self, UserPath};
 use crate::space::{self, Kind, Target};
-use crate::store::{Entry, StoreError};
+use crate::store::{Entry, StoreError, Written};
 
 /// Files up to this size are read into memory in one go: many small GETs is the portal's common case.
 const SMALL_FILE: u64 = 64 << 10;
@@ -209,23 +209,37 @@ async fn put(ctx: &Ctx, user: &User, upath: &UserPath, target: &Target, req: Req
         }
     }
     let idle = app.config.limits.body_idle_timeout.0;
-    let mut body = req.into_body();
-    let mut writer = app.store.blob_writer(room)?;
-    while let Some(chunk) = body::next_chunk(&mut body, idle).await? {
-        writer.write(&chunk).await?;
-    }
-    let staged = writer.finish().await?;
-    let size = staged.size;
-    let written = app.store.commit_file(&internal, staged, &user.login, app.quota(user.role)).await?;
-    app.metrics.uploads.inc();
-    app.metrics.upload_bytes.add(size);
-    log::info!("{} wrote {} ({size} bytes)", user.login, upath.segments.join("/"));
+    let written = store_upload(app, user, &internal, room, body::stream(req.into_body(), idle)).await?;
+    log::info!("{} wrote {} ({} bytes)", user.login, upath.segments.join("/"), written.entry.size);
     let status = if written.created { StatusCode::CREATED } else { StatusCode::NO_CONTENT };
     let mut resp = with_status(status, empty());
     if let Some(hash) = &written.entry.hash {
         set(&mut resp, header::ETAG, &format!("\"{hash}\""));
     }
     Ok(resp)
+}
+
+/// The one write path of the API's PUT and the portal's form: streams `chunks` into a blob limited to `room`,
+/// then commits it as `internal`, charged to `user` (the quota is checked again at commit). Durable when
+/// it returns.
+pub async fn store_upload(
+    app: &App,
+    user: &User,
+    internal: &[String],
+    room: Option<u64>,
+    chunks: impl Stream<Item = Result<bytes::Bytes, ApiError>>,
+) -> Result<Written, ApiError> {
+    let mut chunks = std::pin::pin!(chunks);
+    let mut writer = app.store.blob_writer(room)?;
+    while let Some(chunk) = chunks.next().await {
+        writer.write(&chunk?).await?;
+    }
+    let staged = writer.finish().await?;
+    let size = staged.size;
+    let written = app.store.commit_file(internal, staged, &user.login, app.quota(user.role)).await?;
+    app.metrics.uploads.inc();
+    app.metrics.upload_bytes.add(size);
+    Ok(written)
 }
 
 /// A single `bytes=` range, resolved against `size`. `Ok(None)` means "send the whole file" (no range,

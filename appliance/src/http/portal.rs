@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
@@ -521,7 +522,7 @@ async fn upload(
         other => ApiError::BadRequest(format!("formulaire invalide : {other}")),
     };
     let mut csrf_ok = false;
-    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
         match field.name() {
             Some("csrf") => {
                 let sent = field.text().await.map_err(bad)?;
@@ -541,15 +542,8 @@ async fn upload(
                 let internal = files::writable(&target)?.to_vec();
                 let old = ctx.app.store.stat(&internal)?;
                 let room = files::room(&ctx.app, user, old.as_ref())?;
-                let mut writer = ctx.app.store.blob_writer(room)?;
-                while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    writer.write(&chunk).await?;
-                }
-                let staged = writer.finish().await?;
-                let size = staged.size;
-                ctx.app.store.commit_file(&internal, staged, &user.login, ctx.app.quota(user.role)).await?;
-                ctx.app.metrics.uploads.inc();
-                ctx.app.metrics.upload_bytes.add(size);
+                let written = files::store_upload(&ctx.app, user, &internal, room, field.map_err(bad)).await?;
+                let size = written.entry.size;
                 log::info!("{} wrote {} ({size} bytes, form)", user.login, view.join("/"));
             }
             _ => {
@@ -695,28 +689,19 @@ async fn import_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError
     let boundary = multer::parse_boundary(&content_type)
         .map_err(|e| ApiError::BadRequest(format!("formulaire invalide : {e}")))?;
     let idle = ctx.app.config.limits.body_idle_timeout.0;
-    let limit = ctx.app.config.directory.max_import_size.0;
     let mut multipart = multer::Multipart::new(body::stream(req.into_body(), idle), boundary);
     let mut uploads: Vec<(Option<String>, std::path::PathBuf)> = Vec::new();
     let mut csrf_ok = false;
     let result: Result<(), ApiError> = async {
         let bad = |e: multer::Error| ApiError::BadRequest(format!("envoi interrompu : {e}"));
         let mut total = 0u64;
-        while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        while let Some(field) = multipart.next_field().await.map_err(bad)? {
             match field.name() {
                 Some("csrf") => csrf_ok = session::same_secret(&field.text().await.map_err(bad)?, &session.csrf),
                 Some("fichier") if csrf_ok => {
-                    use std::io::Write;
                     let name = field.file_name().map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string());
-                    let (path, mut file) = ctx.app.store.scratch_file()?;
+                    let path = super::admin::receive(ctx, field.map_err(bad), &mut total).await?;
                     uploads.push((name, path));
-                    while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                        total += chunk.len() as u64;
-                        if total > limit {
-                            return Err(ApiError::PayloadTooLarge);
-                        }
-                        file.write_all(&chunk).map_err(|e| ApiError::Internal(format!("import scratch file: {e}")))?;
-                    }
                 }
                 _ => return Err(ApiError::BadRequest("formulaire expiré : rechargez la page et recommencez".into())),
             }

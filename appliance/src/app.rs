@@ -24,6 +24,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Set when this process is the regional gateway: its CA and enrollment state.
     pub region: Option<Arc<crate::region::Gateway>>,
+    /// The enrollment worker of a provisioned box, set once it is started.
+    pub enroll: std::sync::OnceLock<crate::enroll::EnrollHandle>,
     /// One argon2 hash at a time: each takes 19 MiB (kept between hashes, see `account`), and with one
     /// core hashing the others keep serving files while 30 pupils log in at 8:00.
     hashing: tokio::sync::Semaphore,
@@ -73,6 +75,7 @@ impl App {
         let store = Store::open(data)?;
         let app = App {
             region,
+            enroll: std::sync::OnceLock::new(),
             throttle: Throttle::new(&config.login),
             metrics: Metrics::default(),
             hashing: tokio::sync::Semaphore::new(1),
@@ -113,6 +116,17 @@ impl App {
             Err(StoreError::Exists) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// What `relais status` and the admin page show.
+    pub fn status(&self) -> crate::status::Status {
+        crate::status::gather(&crate::status::Sources {
+            config: &self.config,
+            store: &self.store,
+            region: self.region.as_deref(),
+            enroll: self.enroll.get().map(crate::enroll::EnrollHandle::status),
+            running: true,
+        })
     }
 
     /// Runs a password hash or check on a blocking thread, one at a time (see `hashing`).

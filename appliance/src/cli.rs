@@ -32,6 +32,51 @@ pub enum Command {
         #[command(subcommand)]
         action: ProvisionAction,
     },
+    /// What a technician needs to know: school, enrollment and certificate expiry, uplink, disk, backlog.
+    Status {
+        #[command(flatten)]
+        folder: FolderArgs,
+        /// Print the status as JSON (the same document as GET /api/admin/status).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a backup of the box (accounts, files, configuration) into one zip, while it serves or stopped.
+    Backup {
+        #[command(flatten)]
+        folder: FolderArgs,
+        /// The backup file to write (a .zip; replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new or empty data folder, all or nothing; the box gets a new replica id.
+    Restore {
+        /// The backup file (.zip) written by `relais backup`.
+        file: PathBuf,
+        #[command(flatten)]
+        folder: FolderArgs,
+    },
+    /// Erase the box: every file, account, the configuration and the identity (daemon stopped).
+    Reset {
+        /// Required: this is the factory reset.
+        #[arg(long, required = true)]
+        factory: bool,
+        #[command(flatten)]
+        folder: FolderArgs,
+        /// Do not ask for confirmation (scripts).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which box a technician command is about.
+#[derive(Debug, clap::Args)]
+pub struct FolderArgs {
+    /// Data folder (default from the configuration: ./relais-data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

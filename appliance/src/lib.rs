@@ -2,16 +2,22 @@
 
 pub mod account;
 pub mod app;
+pub mod backup;
 pub mod cli;
 pub mod command;
+pub mod control;
 pub mod directory;
 pub mod enroll;
 pub mod http;
+pub mod lan_tls;
 pub mod logging;
 pub mod metrics;
 pub mod path;
+pub mod redirect;
 pub mod region;
+pub mod reset;
 pub mod server;
+pub mod status;
 pub mod session;
 pub mod space;
 pub mod store;

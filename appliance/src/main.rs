@@ -17,6 +17,10 @@ fn main() -> ExitCode {
         Command::Provision { action: ProvisionAction::Apply { file, data, force_reset } } => {
             command::provision::apply(&file, data, force_reset)
         }
+        Command::Status { folder, json } => command::status::run(folder, json),
+        Command::Backup { folder, out } => command::backup::backup(folder, &out),
+        Command::Restore { file, folder } => command::backup::restore(&file, folder),
+        Command::Reset { factory: _, folder, yes } => command::reset::factory(folder, yes),
     };
     relais::logging::flush();
     match outcome {

@@ -1,11 +1,14 @@
 //! The technician commands behind `relais …`. Each returns `Err(Failure)` with the exit code and the message
 //! for the technician; `main` prints it and exits with that code (0 ok, 1 runtime failure, 2 bad input).
 
+pub mod backup;
 pub mod config;
 pub mod import;
 pub mod provision;
 pub mod region;
+pub mod reset;
 pub mod serve;
+pub mod status;
 
 use std::fmt;
 
@@ -65,6 +68,8 @@ pub fn daemon(
         LockError::Busy { .. } => Failure::input(e),
         LockError::Io { .. } => Failure::runtime(e),
     })?;
+    // A factory reset cut by a power loss left the erased data aside: finish erasing it.
+    crate::reset::remove_aside(&data).map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
     Ok((config, data, lock))
 }
 
@@ -86,4 +91,38 @@ pub async fn listen(
     println!("listening on {scheme}://{addr}");
     log::info!("listening on {scheme}://{addr}, data in {}", app.config.storage.data.display());
     Ok((listener, shutdown))
+}
+
+/// Opens the store of a stopped box for a technician command, holding the folder's lock.
+pub fn open_stopped(data: &std::path::Path) -> Result<(crate::store::DataLock, crate::store::Store), Failure> {
+    use crate::store::{DataLock, LockError, Store};
+    if !data.join("meta").exists() {
+        return Err(Failure::input(format!(
+            "{} holds no relais data: start the box once (relais serve) or restore a backup into it",
+            data.display()
+        )));
+    }
+    let lock = DataLock::acquire(data).map_err(|e| match e {
+        LockError::Busy { .. } => Failure::runtime(format!(
+            "{e}; its control socket {} does not answer",
+            crate::control::socket_path(data).display()
+        )),
+        LockError::Io { .. } => Failure::runtime(e),
+    })?;
+    let store = Store::open(data).map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
+    Ok((lock, store))
+}
+
+/// Serves the control socket beside the portal until `stop` turns true; a failure to bind it is logged, not
+/// fatal: the portal matters more than the technician's shortcut.
+pub fn spawn_control(
+    app: &std::sync::Arc<crate::app::App>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::control::serve(app, stop).await {
+            log::warn!("control socket unavailable ({e}); relais status and backup will not reach this daemon");
+        }
+    })
 }

@@ -59,7 +59,12 @@ fn serve(args: ServeArgs) -> Outcome {
             .map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
         let (listener, shutdown) = super::listen(&app, "https", admin_password).await?;
         let transport = Transport::Tls(Arc::new(GatewaySource(gateway)));
-        server::run(app, listener, transport, shutdown).await.map_err(Failure::runtime)
+        let (stop_control, control_stopped) = tokio::sync::watch::channel(false);
+        let control = super::spawn_control(&app, control_stopped);
+        let served = server::run(app, listener, transport, shutdown).await;
+        let _ = stop_control.send(true);
+        let _ = control.await;
+        served.map_err(Failure::runtime)
     })
 }
 

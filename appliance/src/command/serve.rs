@@ -2,21 +2,46 @@
 
 use crate::app::App;
 use crate::cli::ServeArgs;
+use crate::redirect;
 use crate::server;
 
 use super::{Failure, Outcome};
 
 pub fn run(args: ServeArgs) -> Outcome {
     let (config, data, _lock) = super::daemon(args)?;
+    let transport = crate::lan_tls::transport(&config, &data).map_err(Failure::runtime)?;
+    let tls = matches!(transport, server::Transport::Tls(_));
     super::runtime()?.block_on(async {
         let (app, admin_password) =
             App::open(config, &data).await.map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
-        let (listener, shutdown) = super::listen(&app, "http", admin_password).await?;
+        let redirect = redirect::bind(&app.config.lan, tls).await.map_err(Failure::runtime)?;
+        let (listener, shutdown) = super::listen(&app, if tls { "https" } else { "http" }, admin_password).await?;
+        let shutdown = server::Shutdown::spawn(shutdown);
+        let redirecting = match redirect {
+            Some(redirect) => {
+                let https_port = listener.local_addr().map_err(Failure::runtime)?.port();
+                let (addr, task) = redirect::spawn(app.clone(), redirect, https_port, shutdown.clone())
+                    .map_err(Failure::runtime)?;
+                println!("redirecting http://{addr}");
+                Some(task)
+            }
+            None => None,
+        };
         // Enrollment and renewal with the regional gateway, beside the portal; stopped once the server is.
         let (stop_enroll, enroll_stopped) = tokio::sync::watch::channel(false);
-        let _enroll = crate::enroll::spawn(&app.config, enroll_stopped);
-        let served = server::run(app, listener, server::Transport::Plain, shutdown).await;
+        let enroll = crate::enroll::spawn(&app.config, enroll_stopped.clone());
+        if let Some(worker) = &enroll {
+            let _ = app.enroll.set(worker.handle.clone());
+        }
+        // Technician commands (status, backup) reach the daemon through its control socket.
+        let control = super::spawn_control(&app, enroll_stopped);
+        let served = server::run(app, listener, transport, shutdown.wait()).await;
         let _ = stop_enroll.send(true);
+        let _ = control.await;
+        if let Some(redirecting) = redirecting {
+            // It stopped on the same signal; its last requests finish within the same grace period.
+            let _ = redirecting.await;
+        }
         served.map_err(Failure::runtime)
     })
 }

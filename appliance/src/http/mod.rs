@@ -6,9 +6,10 @@
 mod admin;
 mod auth;
 pub mod body;
+pub mod ca;
 mod files;
 mod portal;
-mod zipstream;
+pub mod zipstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -259,6 +260,7 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok")),
+        (&Method::GET | &Method::HEAD, "/ca.crt") => ca::handle(ctx).await,
         (&Method::GET, "/metrics") => metrics(ctx, &req),
         (_, p) if p.starts_with("/.well-known/est/") => match ctx.app.region.clone() {
             Some(gateway) => crate::region::est::handle(ctx, &gateway, req).await,

@@ -31,7 +31,7 @@ const BUFFER: usize = 256 << 10;
 const IN_FLIGHT: usize = 4;
 
 /// Writes into the channel in `BUFFER`-sized pieces.
-struct ChannelWriter {
+pub struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
 }
@@ -76,7 +76,7 @@ fn civil(ms: i64) -> (u16, u8, u8, u8, u8, u8) {
     (year as u16, month as u8, day as u8, (rem / 3600) as u8, (rem % 3600 / 60) as u8, (rem % 60) as u8)
 }
 
-fn write_all(members: Vec<Member>, out: ChannelWriter) -> zip::result::ZipResult<()> {
+fn write_all(members: Vec<Member>, out: &mut ChannelWriter) -> zip::result::ZipResult<()> {
     let mut zip = ZipWriter::new_stream(out);
     for m in members {
         let (y, mo, d, h, mi, s) = civil(m.modified_ms);
@@ -91,18 +91,28 @@ fn write_all(members: Vec<Member>, out: ChannelWriter) -> zip::result::ZipResult
         let mut file = File::open(&m.path)?;
         io::copy(&mut file, &mut zip)?;
     }
-    let mut out = zip.finish()?.into_inner();
-    out.flush()?;
+    zip.finish()?.flush()?;
     Ok(())
 }
 
 pub fn stream(members: Vec<Member>) -> Body {
+    blocking_body("zip download", move |out| write_all(members, out).map_err(|e| e.to_string()))
+}
+
+/// A response body that blocking code (the `zip` crate's writer) fills on a blocking thread, with memory
+/// bounded to a few buffers: a slow client slows the writer down. When `fill` fails, the body ends with an
+/// error, so the client sees a cut transfer rather than a short file that looks whole.
+pub fn blocking_body<F>(what: &'static str, fill: F) -> Body
+where
+    F: FnOnce(&mut ChannelWriter) -> Result<(), String> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
-    let out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(BUFFER) };
+    let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(BUFFER) };
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = write_all(members, out) {
-            log::warn!("zip download stopped: {e}");
-            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        let done = fill(&mut out).and_then(|()| out.send().map_err(|e| e.to_string()));
+        if let Err(e) = done {
+            log::warn!("{what} stopped: {e}");
+            let _ = tx.blocking_send(Err(io::Error::other(e)));
         }
     });
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {

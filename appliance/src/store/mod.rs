@@ -9,6 +9,7 @@
 mod blob;
 mod cache;
 mod lock;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +22,7 @@ use sled::Transactional;
 
 pub use blob::{BlobWriter, Hash, Staged};
 pub use lock::{DataLock, LockError};
+pub use snapshot::{Loaded, Snapshot};
 
 use crate::account::User;
 use crate::session::Session;
@@ -90,9 +92,13 @@ pub struct Store {
     entries: sled::Tree,
     refs: sled::Tree,
     usage: sled::Tree,
+    /// Facts about the store itself: its replica id.
+    meta: sled::Tree,
     blobs: blob::BlobStore,
     /// Serialises metadata mutations; see the module documentation.
     mutate: tokio::sync::Mutex<()>,
+    /// Blobs a running backup still has to copy are not unlinked; see `snapshot`.
+    pins: snapshot::Pins,
     /// Small contents in memory, by hash.
     pub small_blobs: cache::BlobCache,
 }
@@ -105,6 +111,15 @@ const BATCH: usize = 1000;
 
 /// Keys of the snapshot's and the staging tree's markers (NUL cannot start a login).
 const SNAPSHOT_MARK: &[u8] = b"\0taken";
+const REPLICA_ID: &[u8] = b"replica_id";
+
+/// 128 random bits, hex.
+fn new_replica_id() -> String {
+    use rand::RngCore;
+    let mut id = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut id);
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
 const READY_MARK: &[u8] = b"\0ready";
 
 pub fn now_ms() -> i64 {
@@ -191,9 +206,11 @@ impl Store {
             entries: db.open_tree("entries")?,
             refs: db.open_tree("refs")?,
             usage: db.open_tree("usage")?,
+            meta: db.open_tree("meta")?,
             db,
             blobs,
             mutate: tokio::sync::Mutex::new(()),
+            pins: snapshot::Pins::default(),
             small_blobs: cache::BlobCache::new(SMALL_BLOB_CACHE),
         };
         // An import cut by a crash: finish it if its changes were complete, else forget it.
@@ -202,12 +219,22 @@ impl Store {
             log::info!("finished a directory import interrupted by a stop");
         }
         store.users_staging.clear()?;
+        if !store.meta.contains_key(REPLICA_ID)? {
+            store.meta.insert(REPLICA_ID, new_replica_id().as_bytes())?;
+        }
         store.db.flush()?;
         let removed = store.blobs.sweep(|hash| Ok(store.refs.contains_key(hash.0)?))?;
         if removed > 0 {
             log::info!("removed {removed} unreferenced blobs left by an interrupted run");
         }
         Ok(store)
+    }
+
+    /// This store's replica id: made at its creation, never copied. A store restored from a backup gets a
+    /// new one, so replication never takes it for the store the backup came from.
+    pub fn replica_id(&self) -> Result<String, StoreError> {
+        let id = self.meta.get(REPLICA_ID)?.ok_or(StoreError::NotFound)?;
+        Ok(String::from_utf8_lossy(&id).into_owned())
     }
 
     /// Makes every committed change durable. Called before acknowledging and at shutdown.
@@ -611,8 +638,13 @@ impl Store {
     /// unlink leaves an orphan that the next start sweeps.
     async fn release(&self, hash: Hash) -> Result<(), StoreError> {
         let _guard = self.mutate.lock().await;
-        if !self.refs.contains_key(hash.0)? {
-            self.blobs.remove(hash)?;
+        if self.pins.defer(hash) {
+            return Ok(());
+        }
+        for hash in std::iter::once(hash).chain(self.pins.take_deferred()) {
+            if !self.refs.contains_key(hash.0)? {
+                self.blobs.remove(hash)?;
+            }
         }
         Ok(())
     }

@@ -563,7 +563,7 @@ fn check_uai(uai: &str) -> Result<(), CaError> {
 }
 
 /// Lowercases DNS names, checks each is a DNS name or an IP literal, and drops duplicates.
-fn check_names(names: &[String]) -> Result<Vec<String>, CaError> {
+pub(crate) fn check_names(names: &[String]) -> Result<Vec<String>, CaError> {
     let mut out: Vec<String> = Vec::new();
     for name in names {
         let name = name.trim().to_ascii_lowercase();
@@ -592,7 +592,7 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
-fn san_list(names: &[String]) -> Result<Vec<SanType>, CaError> {
+pub(crate) fn san_list(names: &[String]) -> Result<Vec<SanType>, CaError> {
     names
         .iter()
         .map(|n| match n.parse::<IpAddr>() {
@@ -629,7 +629,7 @@ fn ca_params(common_name: String, now: u64, validity: Duration, path_len: u8) ->
 
 /// 16 random bytes, the first in 0x01..=0x7f: positive and with no leading zero, so the DER INTEGER is these
 /// exact bytes and the hex we record is the hex every tool prints.
-fn new_serial() -> (String, [u8; 16]) {
+pub(crate) fn new_serial() -> (String, [u8; 16]) {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     bytes[0] = (bytes[0] & 0x7f).max(1);

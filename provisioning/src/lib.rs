@@ -11,6 +11,7 @@ mod ca;
 mod clock;
 pub mod disk;
 mod index;
+mod self_signed;
 mod token;
 
 pub use box_key::{BoxKey, BoxKeyError};
@@ -24,4 +25,5 @@ pub use ca::{
 };
 pub use disk::DiskError;
 pub use index::{CertKind, IssuedRecord};
+pub use self_signed::{self_signed, SelfSigned, SelfSignedError};
 pub use token::{new_token, token_hash, TokenError, TokenRecord, TokenStore};

@@ -36,13 +36,7 @@ pub async fn run(
     transport: Transport,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let limits = &app.config.limits;
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.0)
-        .max_buf_size(limits.max_header_bytes.0 as usize)
-        .keep_alive(true);
+    let builder = http1(&app.config.limits);
     let graceful = GracefulShutdown::new();
     let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(housekeeping(app.clone(), workers_stopped));
@@ -113,6 +107,40 @@ pub async fn run(
     app.store.flush().await.map_err(std::io::Error::other)?;
     log::info!("stopped cleanly");
     Ok(())
+}
+
+/// The HTTP/1.1 connection settings of every listener: a client gets `limits.header_timeout` to send a
+/// request head of at most `limits.max_header_bytes`.
+pub fn http1(limits: &firmware_config::Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.0)
+        .max_buf_size(limits.max_header_bytes.0 as usize)
+        .keep_alive(true);
+    builder
+}
+
+/// One shutdown signal for several listeners: every clone's [`Shutdown::wait`] resolves once the signal has.
+#[derive(Clone, Debug)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Watches `signal` (e.g. [`shutdown_signal`]) in a task of its own. Must be called inside a tokio runtime.
+    pub fn spawn(signal: impl Future<Output = ()> + Send + 'static) -> Shutdown {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            signal.await;
+            let _ = tx.send(true);
+        });
+        Shutdown(rx)
+    }
+
+    /// Resolves once the signal came.
+    pub async fn wait(mut self) {
+        // An error means the watching task is gone, which only happens once it has sent: stop as well.
+        let _ = self.0.wait_for(|stopped| *stopped).await;
+    }
 }
 
 /// Background worker: drops expired sessions so the store does not grow with every login, and deletes the

@@ -16,6 +16,9 @@ mod directory;
 mod files;
 /// Hostile paths and requests: traversal, control characters, huge headers, over-quota and stalling clients.
 mod hostile;
+/// LAN HTTPS: the self-signed and the LAN certificate, renewal without restart, refused old protocols,
+/// `/ca.crt` and the plain-HTTP redirect listener.
+mod lan_tls;
 /// Health check, metrics, SIGTERM/SIGINT and draining.
 mod lifecycle;
 /// Who may read and write where: one table over the five roles and the four kinds of space.

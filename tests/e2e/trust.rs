@@ -16,7 +16,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::util::*;
 
-const UAI: &str = "0123456A";
+pub(crate) const UAI: &str = "0123456A";
 const OTHER_UAI: &str = "7654321B";
 /// How long a box may take to enroll once started (debug build; the first attempt is immediate).
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,7 +39,7 @@ fn apply(bundle: &Path, data: &Path, extra: &[&str]) -> (Option<i32>, String, St
 }
 
 #[track_caller]
-fn apply_ok(bundle: &Path, data: &Path, extra: &[&str]) -> String {
+pub(crate) fn apply_ok(bundle: &Path, data: &Path, extra: &[&str]) -> String {
     let (code, out, err) = apply(bundle, data, extra);
     assert_eq!(code, Some(0), "provision apply failed\nstdout:\n{out}\nstderr:\n{err}");
     out
@@ -148,12 +148,12 @@ fn write_zip(path: &Path, members: &[(String, Vec<u8>)]) {
     zip.finish().expect("finish zip");
 }
 
-fn identity(data: &Path) -> PathBuf {
+pub(crate) fn identity(data: &Path) -> PathBuf {
     data.join("identity")
 }
 
 /// The leaf of a PEM chain file, DER.
-fn leaf_der(path: &Path) -> Vec<u8> {
+pub(crate) fn leaf_der(path: &Path) -> Vec<u8> {
     let pem = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let block = x509_parser::pem::Pem::iter_from_buffer(&pem).next().expect("a PEM block").expect("valid PEM");
     block.contents
@@ -343,7 +343,7 @@ fn provisioned_box(bundle: &Path) -> Relais {
     relais
 }
 
-fn wait_enrolled(relais: &Relais) {
+pub(crate) fn wait_enrolled(relais: &Relais) {
     let cert = identity(&relais.data_dir()).join("box.crt");
     let deadline = std::time::Instant::now() + ENROLL_TIMEOUT;
     while !cert.exists() {

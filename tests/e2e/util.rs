@@ -150,7 +150,7 @@ impl Relais {
         cmd
     }
 
-    /// Spawns the server and waits for its `listening on http://…` line.
+    /// Spawns the server and waits for its `listening on http://…` (or `https://…`) line.
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "spawn while a server is running");
         self.runs += 1;
@@ -166,7 +166,8 @@ impl Relais {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let listening = line.split("listening on http://").nth(1).map(|s| s.trim().to_string());
+                // `listening on SCHEME://ADDR`, sent on as `SCHEME://ADDR`.
+                let listening = line.split("listening on ").nth(1).map(|s| s.trim().to_string());
                 lines.lock().expect("stdout lock").push(line);
                 if let Some(addr) = listening {
                     let _ = tx.send(Some(addr));
@@ -189,12 +190,13 @@ impl Relais {
 
         self.child = Some(child);
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Some(addr)) => {
+            Ok(Some(url)) => {
+                let (scheme, addr) = url.split_once("://").unwrap_or(("?", &url));
                 let addr = addr.trim_end_matches('/');
-                self.addr = addr
-                    .parse()
-                    .unwrap_or_else(|e| panic!("cannot parse the address in `listening on http://{addr}`: {e}"));
-                *self.base.write().expect("base lock") = format!("http://{}", self.addr);
+                assert!(scheme == "http" || scheme == "https", "`listening on {url}`: unknown scheme");
+                self.addr =
+                    addr.parse().unwrap_or_else(|e| panic!("cannot parse the address in `listening on {url}`: {e}"));
+                *self.base.write().expect("base lock") = format!("{scheme}://{}", self.addr);
             }
             Ok(None) => {
                 let status = self.wait_exit(Duration::from_secs(5));
@@ -501,6 +503,17 @@ pub fn files_url(path: &str) -> String {
     format!("/api/files/{}", encode_path(path))
 }
 
+fn agent_builder() -> ureq::AgentBuilder {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout_read(Duration::from_secs(120))
+        .timeout_write(Duration::from_secs(120))
+        // No pooled connections: every request is on a fresh socket, so nothing is silently retried on a
+        // socket the previous server run left behind.
+        .max_idle_connections(0)
+        .redirects(0)
+}
+
 /// A blocking HTTP client that keeps the `relais_session` cookie and follows the server across restarts.
 #[derive(Clone)]
 pub struct Client {
@@ -511,16 +524,7 @@ pub struct Client {
 
 impl Client {
     fn new(base: Arc<RwLock<String>>) -> Client {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout_read(Duration::from_secs(120))
-            .timeout_write(Duration::from_secs(120))
-            // No pooled connections: every request is on a fresh socket, so nothing is silently retried on
-            // a socket the previous server run left behind.
-            .max_idle_connections(0)
-            .redirects(0)
-            .build();
-        Client { agent, base, cookie: None }
+        Client { agent: agent_builder().build(), base, cookie: None }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -650,7 +654,14 @@ impl Client {
     /// The server's address, from the base URL.
     pub fn addr(&self) -> SocketAddr {
         let base = self.base.read().expect("base lock");
-        base.trim_start_matches("http://").parse().unwrap_or_else(|e| panic!("base URL {base}: {e}"))
+        let addr = base.split_once("://").map_or(base.as_str(), |(_, addr)| addr);
+        addr.parse().unwrap_or_else(|e| panic!("base URL {base}: {e}"))
+    }
+
+    /// The same client over TLS connections configured by `tls` (its roots decide what it trusts), for a
+    /// server listening on `https://`.
+    pub fn with_tls(&self, tls: Arc<rustls::ClientConfig>) -> Client {
+        Client { agent: agent_builder().tls_config(tls).build(), ..self.clone() }
     }
 
     /// `PUT /api/files/<path>` streaming from `reader`: with `Content-Length` when `len` is given, else chunked.

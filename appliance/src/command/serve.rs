@@ -20,8 +20,8 @@ pub fn run(args: ServeArgs) -> Outcome {
         let redirecting = match redirect {
             Some(redirect) => {
                 let https_port = listener.local_addr().map_err(Failure::runtime)?.port();
-                let (addr, task) = redirect::spawn(app.clone(), redirect, https_port, shutdown.clone())
-                    .map_err(Failure::runtime)?;
+                let (addr, task) =
+                    redirect::spawn(app.clone(), redirect, https_port, shutdown.clone()).map_err(Failure::runtime)?;
                 println!("redirecting http://{addr}");
                 Some(task)
             }

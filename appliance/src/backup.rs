@@ -55,7 +55,9 @@ pub enum BackupError {
     NotABackup { path: PathBuf, reason: String },
     #[error("{path} is damaged ({member}: {reason}); nothing was restored")]
     Damaged { path: PathBuf, member: String, reason: String },
-    #[error("{path} was made by a newer relais (backup format {format}, this one reads {FORMAT}); update this box first")]
+    #[error(
+        "{path} was made by a newer relais (backup format {format}, this one reads {FORMAT}); update this box first"
+    )]
     Newer { path: PathBuf, format: u32 },
     #[error("{data} is not empty: a backup is restored into a new or empty folder (to replace this box's data, run `relais reset --factory --data {data}` first)")]
     NotEmpty { data: PathBuf },
@@ -389,7 +391,8 @@ async fn fill(
         member: member.to_owned(),
         reason,
     };
-    let _lock = DataLock::acquire(staging).map_err(|e| BackupError::Io { path: staging.into(), source: io::Error::other(e) })?;
+    let _lock = DataLock::acquire(staging)
+        .map_err(|e| BackupError::Io { path: staging.into(), source: io::Error::other(e) })?;
     let store = Store::open(staging)?;
     let mut streams = Vec::new();
     for name in [USERS, ENTRIES] {
@@ -416,7 +419,8 @@ async fn fill(
     let mut buf = vec![0; CHUNK];
     for hash in loaded.blobs {
         let name = format!("blobs/{}", hash.to_hex());
-        let mut member = zip.by_name(&name).map_err(|_| damaged(&name, "missing: a file of the tree has no content".into()))?;
+        let mut member =
+            zip.by_name(&name).map_err(|_| damaged(&name, "missing: a file of the tree has no content".into()))?;
         let mut writer = store.blob_writer(None)?;
         loop {
             let n = member.read(&mut buf).map_err(|e| damaged(&name, e.to_string()))?;

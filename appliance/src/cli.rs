@@ -138,7 +138,8 @@ pub enum ProvisionAction {
         file: PathBuf,
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Accept a bundle for another school or region on an already provisioned box (wipes its identity).
+        /// Accept a bundle for another school or region on an already provisioned box: wipes its identity, and
+        /// for another school (UAI) also its files and accounts.
         #[arg(long)]
         force_reset: bool,
     },

@@ -126,7 +126,12 @@ async fn backup_response(app: Arc<App>) -> Response {
     };
     let total = backup::content_bytes(&snapshot);
     let runtime = tokio::runtime::Handle::current();
-    log::info!("backup started: {} accounts, {} entries, {} contents", snapshot.user_count, snapshot.entry_count, snapshot.blobs.len());
+    log::info!(
+        "backup started: {} accounts, {} entries, {} contents",
+        snapshot.user_count,
+        snapshot.entry_count,
+        snapshot.blobs.len()
+    );
     let body = zipstream::blocking_body("backup", move |out| {
         let written = backup::write(&snapshot, &extras, out, &mut |_| {});
         // Unpin before collecting what the backup kept alive.
@@ -153,8 +158,7 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
 }
 
 fn text(status: StatusCode, message: &str) -> Response {
-    let mut response =
-        hyper::Response::new(Full::new(Bytes::from(message.to_owned())).map_err(|e| match e {}).boxed());
+    let mut response = hyper::Response::new(Full::new(Bytes::from(message.to_owned())).map_err(|e| match e {}).boxed());
     *response.status_mut() = status;
     response
 }

@@ -8,6 +8,8 @@ mod util;
 
 /// Login, sessions, cookies, throttling, admin-only endpoints, the data-folder lock, the first admin password.
 mod auth;
+/// Backup while uploads run and restore under a new replica id; damaged backups; status; factory reset.
+mod backup;
 /// Crash safety: SIGKILL during uploads, many times over; every acknowledged upload survives.
 mod crash;
 /// Directory imports: ONDE, AAF and CSV exports over HTTP and the CLI, refusals, moves, leavers, undo, activation.

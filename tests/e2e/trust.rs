@@ -315,9 +315,22 @@ fn hostile_bundles_are_refused_and_write_nothing() {
     assert_ne!(std::fs::read(identity(&data).join("box.key")).expect("key"), old_key, "a new key");
     let root = std::fs::read_to_string(identity(&data).join("region-ca.crt")).expect("root");
     assert_eq!(root, other_region.ca.root_cert_pem());
+    // The school's people arrive (the store is made), then the box moves to another school: the first
+    // school's accounts and files must go with its identity.
+    let imported = std::process::Command::new(BIN)
+        .arg("import")
+        .arg(fixture("generic/eleves.csv"))
+        .arg("--data")
+        .arg(&data)
+        .env("RELAIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .expect("run relais import");
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert!(data.join("meta").exists());
     let out = apply_ok(&region.bundle(OTHER_UAI), &data, &["--force-reset"]);
-    assert!(out.contains(OTHER_UAI), "{out}");
+    assert!(out.contains(OTHER_UAI) && out.contains("fichiers et comptes"), "{out}");
     assert_eq!(std::fs::read_to_string(identity(&data).join("uai")).expect("uai").trim(), OTHER_UAI);
+    assert!(!data.join("meta").exists() && !data.join("blobs").exists(), "the first school's data is erased");
 }
 
 #[test]

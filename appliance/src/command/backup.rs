@@ -102,8 +102,7 @@ pub fn restore(file: &Path, folder: FolderArgs) -> Outcome {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let restored =
-        super::runtime()?.block_on(backup::restore(file, &data, &progress)).map_err(failure)?;
+    let restored = super::runtime()?.block_on(backup::restore(file, &data, &progress)).map_err(failure)?;
     bar.finish_and_clear();
     let m = &restored.manifest;
     println!(

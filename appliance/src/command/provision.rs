@@ -58,10 +58,15 @@ pub fn apply(file: &Path, data: Option<PathBuf>, force_reset: bool) -> Outcome {
 fn print_summary(a: &Applied, data: &Path) {
     let m = &a.manifest;
     match &a.before {
-        Before::Reset { uai, root_fingerprint } => println!(
-            "--force-reset : identité précédente effacée (UAI {uai}, autorité {})",
-            colon_hex(root_fingerprint)
-        ),
+        Before::Reset { uai, root_fingerprint } => {
+            println!(
+                "--force-reset : identité précédente effacée (UAI {uai}, autorité {})",
+                colon_hex(root_fingerprint)
+            );
+            if *uai != m.uai {
+                println!("  autre école : fichiers et comptes de {uai} effacés");
+            }
+        }
         Before::Same { .. } => println!("bundle déjà appliqué à cette box : configuration réécrite"),
         Before::Fresh => {}
     }

@@ -20,7 +20,13 @@ pub fn run(folder: FolderArgs, json: bool) -> Outcome {
         } else {
             None
         };
-        Ok(status::gather(&Sources { config: &config, store: &store, region: region.as_ref(), enroll: None, running: false }))
+        Ok(status::gather(&Sources {
+            config: &config,
+            store: &store,
+            region: region.as_ref(),
+            enroll: None,
+            running: false,
+        }))
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status).map_err(Failure::runtime)?);

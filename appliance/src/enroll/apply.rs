@@ -172,7 +172,10 @@ pub fn apply(options: &ApplyOptions, progress: &dyn Fn(&str)) -> Result<Applied,
     // The exports, checked before anything is written. A box that has accounts already is checked against
     // them by the import itself, under the lock (its store cannot be opened before).
     let scratch = Scratch::new(&bundle.directory)?;
-    let has_store = data.join("meta").exists();
+    // A box moved to another school must not keep the first school's pupils, files and accounts (RGPD), nor
+    // replicate them into the new school's region: `--force-reset` to another UAI erases the store too.
+    let wipes_store = matches!(&before, Before::Reset { uai: old, .. } if *old != uai);
+    let has_store = data.join("meta").exists() && !wipes_store;
     if !scratch.files.is_empty() && !has_store {
         progress("vérification de l'annuaire");
         let max_expanded = config.directory.max_import_size.0.saturating_mul(8);
@@ -200,6 +203,10 @@ pub fn apply(options: &ApplyOptions, progress: &dyn Fn(&str)) -> Result<Applied,
     };
     if !same(&installed, &now_installed) {
         return Err(ApplyError::Changed);
+    }
+    if wipes_store {
+        progress("effacement des données de l'école précédente");
+        crate::reset::wipe(data).map_err(|source| ApplyError::Io { path: data.clone(), source })?;
     }
 
     let (report, admin_password) = if scratch.files.is_empty() {

@@ -31,6 +31,15 @@ impl<'a> From<&'a User> for UserView<'a> {
     }
 }
 
+/// `GET /api/admin/status`: the facts `relais status` prints (DESIGN.md).
+pub fn status(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
+    ctx.require_admin(req.headers())?;
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    Ok(json(StatusCode::OK, &ctx.app.status()))
+}
+
 pub async fn users(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     ctx.require_admin(req.headers())?;
     match *req.method() {

@@ -270,6 +270,7 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (&Method::POST, "/api/logout") => auth::logout(ctx, req).await,
         (&Method::POST, "/api/activate") => auth::activate(ctx, req).await,
         (&Method::GET, "/api/me") => auth::me(ctx, &req),
+        (_, "/api/admin/status") => admin::status(ctx, &req),
         (_, "/api/admin/users") => admin::users(ctx, req).await,
         (&Method::POST, "/api/admin/import") => admin::import(ctx, req).await,
         (&Method::POST, "/api/admin/import/undo") => admin::undo(ctx, req).await,

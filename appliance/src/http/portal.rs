@@ -367,8 +367,44 @@ fn home(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
                 li { a href="/admin/activation" { "Fiches d'activation" small { "À imprimer, par classe" } } }
             }
         }
+        @if user.role == Role::Admin { (box_status(&ctx.app.status())) }
     };
     Ok(page(StatusCode::OK, "Accueil", Some((&user, &session)), &ctx.app.config.identity.name, content))
+}
+
+/// The admin's view of the box: what a technician on the phone asks first.
+fn box_status(s: &crate::status::Status) -> Markup {
+    let school = match &s.uai {
+        Some(uai) => uai.clone(),
+        None if s.role == "region" => "passerelle régionale".into(),
+        None => "box autonome (non provisionnée)".into(),
+    };
+    let certificate = match (&s.certificate.not_after, s.certificate.seconds_left) {
+        (Some(at), Some(left)) if left > 0 => format!("valable jusqu'au {at} ({} jours)", left / 86_400),
+        (Some(at), _) => format!("EXPIRÉ depuis le {at} : la box se réinscrit au prochain contact avec la région"),
+        (None, _) if s.uai.is_some() => "pas encore inscrite auprès de la région".into(),
+        (None, _) => "aucun".into(),
+    };
+    let uplink = match (s.uplink.as_str(), &s.last_contact) {
+        ("online", Some(at)) => format!("en ligne (dernier contact le {at})"),
+        ("online", None) => "en ligne".into(),
+        (_, Some(at)) => format!("hors ligne (dernier contact le {at})"),
+        (_, None) => "hors ligne".into(),
+    };
+    html! {
+        section.etat aria-labelledby="etat" {
+            h2 #etat { "État de la box" }
+            dl {
+                dt { "Établissement" } dd { (school) }
+                dt { "Certificat" } dd { (certificate) }
+                @if s.role == "box" {
+                    dt { "Liaison avec la région" } dd { (uplink) }
+                }
+                dt { "Disque" } dd { (crate::status::bytes(s.disk.used)) " de fichiers, " (crate::status::bytes(s.disk.free)) " libres" }
+                dt { "Version" } dd { "relais " (s.version) }
+            }
+        }
+    }
 }
 
 fn view_of(req_path: &str) -> Result<path::UserPath, ApiError> {

@@ -177,3 +177,48 @@ async fn directory_imports_can_be_undone_once() {
     assert_eq!(store.user("a").expect("a").map(|u| u.display_name), Some("A".into()));
     assert!(matches!(store.undo_directory().await, Err(StoreError::NotFound)));
 }
+
+#[tokio::test]
+async fn a_snapshot_keeps_contents_deleted_after_it_until_it_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    put(&store, "users/lea/a.txt", b"garde pour la sauvegarde", "lea", None).await.expect("put");
+    put(&store, "users/lea/b.txt", b"autre", "lea", None).await.expect("put");
+    let snapshot = store.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.entry_count, 4, "two folders and two files");
+    assert_eq!(snapshot.blobs.len(), 2);
+    store.delete(&p("users/lea/a.txt")).await.expect("delete");
+    // Uploads go on during the snapshot, and are not in it.
+    put(&store, "users/lea/c.txt", b"nouveau", "lea", None).await.expect("put");
+    assert_eq!(blob_files(dir.path()), 3, "the deleted content stays while the snapshot may still copy it");
+    for (_, size, path) in &snapshot.blobs {
+        assert_eq!(std::fs::metadata(path).expect("pinned blob").len(), *size);
+    }
+    drop(snapshot);
+    store.collect_deferred().await.expect("collect");
+    assert_eq!(blob_files(dir.path()), 2, "freed once the snapshot is over");
+}
+
+#[tokio::test]
+async fn a_snapshot_loads_into_an_empty_store_with_usage_and_references_recomputed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store.create_user(&User { login: "lea".into(), ..User::default() }).await.expect("user");
+    put(&store, "users/lea/a.txt", b"pareil", "lea", None).await.expect("put");
+    put(&store, "users/lea/b.txt", b"pareil", "lea", None).await.expect("put");
+    put(&store, "classes/CM2/c.txt", b"autre", "paul", None).await.expect("put");
+    let snapshot = store.snapshot().await.expect("snapshot");
+    let other = tempfile::tempdir().expect("tempdir");
+    let copy = Store::open(other.path()).expect("open");
+    let open = |p: &Path| std::io::BufReader::new(std::fs::File::open(p).expect("dump"));
+    let loaded = copy.load(open(&snapshot.users), open(&snapshot.entries)).expect("load");
+    assert_eq!((loaded.users, loaded.entries, loaded.blobs.len()), (1, 7, 2));
+    assert_eq!(copy.usage("lea").expect("usage"), 12);
+    assert_eq!(copy.usage("paul").expect("usage"), 5);
+    assert_eq!(copy.list(&p("users/lea")).expect("list").len(), 2);
+    assert!(copy.user("lea").expect("user").is_some());
+    assert_ne!(copy.replica_id().expect("id"), store.replica_id().expect("id"));
+    // A store that holds data already is never loaded into.
+    let again = copy.load(open(&snapshot.users), open(&snapshot.entries));
+    assert!(matches!(again, Err(StoreError::Exists)));
+}

@@ -17,9 +17,9 @@ pub mod redirect;
 pub mod region;
 pub mod reset;
 pub mod server;
-pub mod status;
 pub mod session;
 pub mod space;
+pub mod status;
 pub mod store;
 pub mod throttle;
 

@@ -155,15 +155,7 @@ impl Store {
             }
         }
         let replica_id = self.replica_id()?;
-        Ok(Snapshot {
-            users: users_path,
-            user_count,
-            entries: entries_path,
-            entry_count,
-            blobs,
-            replica_id,
-            _pin: pin,
-        })
+        Ok(Snapshot { users: users_path, user_count, entries: entries_path, entry_count, blobs, replica_id, _pin: pin })
     }
 
     /// Unlinks the blobs whose deletion waited for a snapshot, once none runs. Call after dropping one.

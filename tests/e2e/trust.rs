@@ -428,3 +428,82 @@ fn a_box_renews_at_half_life_and_a_revoked_box_is_refused() {
     // The portal of the revoked box keeps serving its school.
     revoked.anonymous().call("GET", "/healthz").expect_status(200);
 }
+
+#[test]
+fn the_gateway_refuses_box_certificates_of_another_ca_expired_or_revoked() {
+    use provisioning::{BoxKey, CertKind};
+    use relais::enroll::client::{tls_config, ClientError, Gateway};
+    let mut region = Region::init(None);
+    region.serve();
+    let ca = RegionalCa::open(&region.ca_dir()).expect("open the region's CA");
+    let root = ca.root_cert_pem().to_string();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = |name: &str| BoxKey::generate(&keys.path().join(name)).expect("box key");
+    let csr = |key: &BoxKey, uai: &str| key.csr_pem(uai, CertKind::Box, &[]).expect("csr");
+    let day = Duration::from_secs(86_400);
+    let connect = |chain: &str, key: &BoxKey| {
+        Gateway::new(&region.url(), tls_config(&root, Some((chain, key.pkcs8_der()))).expect("tls")).cacerts()
+    };
+    let refused = |result: Result<String, ClientError>, what: &str| match result {
+        Err(ClientError::Transport { .. }) => {}
+        other => panic!("{what}: the gateway should refuse the handshake, got {other:?}"),
+    };
+
+    let good_key = key("good.key");
+    let good = ca.issue_box_cert(csr(&good_key, UAI).as_bytes(), UAI, day).expect("issue");
+    connect(&good.chain_pem, &good_key).expect("a certificate of the region is accepted");
+
+    let stranger = LibraryRegion::new();
+    let foreign_key = key("foreign.key");
+    let foreign = stranger.ca.issue_box_cert(csr(&foreign_key, UAI).as_bytes(), UAI, day).expect("issue");
+    refused(connect(&foreign.chain_pem, &foreign_key), "a certificate of another CA");
+
+    let expired_key = key("expired.key");
+    let expired = ca.issue_box_cert(csr(&expired_key, UAI).as_bytes(), UAI, Duration::from_secs(1)).expect("issue");
+    std::thread::sleep(Duration::from_millis(2100));
+    refused(connect(&expired.chain_pem, &expired_key), "an expired certificate");
+
+    let revoked_key = key("revoked.key");
+    let revoked = ca.issue_box_cert(csr(&revoked_key, OTHER_UAI).as_bytes(), OTHER_UAI, day).expect("issue");
+    connect(&revoked.chain_pem, &revoked_key).expect("accepted before its revocation");
+    region.revoke(OTHER_UAI);
+    refused(connect(&revoked.chain_pem, &revoked_key), "a revoked certificate");
+    wait_until("the gateway logs the refused school", Duration::from_secs(10), || {
+        region.stderr_tail().contains(&format!("{OTHER_UAI} box certificate refused"))
+    });
+    // The others keep working, without a restart of the gateway.
+    connect(&good.chain_pem, &good_key).expect("the good certificate still passes");
+}
+
+#[test]
+fn a_box_keeps_serving_while_its_gateway_is_down_and_renews_when_it_returns() {
+    // One-minute certificates: renewal is due 30 s after enrollment.
+    let mut region = Region::init(Some("[region]\ncertificate_validity = \"1m\"\n"));
+    region.serve();
+    let relais = provisioned_box(&region.bundle(UAI, "École isolée", None, &[]));
+    wait_enrolled(&relais);
+    let first = leaf_der(&identity(&relais.data_dir()).join("box.crt"));
+    region.kill();
+
+    // The renewal fails and is retried; meanwhile the school works as usual.
+    wait_until("the box notices the gateway is down", Duration::from_secs(90), || {
+        relais.stderr_tail().contains(&format!("{UAI} enrollment with"))
+    });
+    let admin = relais.admin();
+    admin.put("me/pendant-la-coupure.txt", b"la classe continue").expect_status(201);
+    assert_eq!(admin.get("me/pendant-la-coupure.txt").expect_status(200).body, b"la classe continue");
+    let status = admin.call("GET", "/api/admin/status").expect_status(200).json();
+    assert_eq!(status["uplink"], "offline", "{status}");
+    assert!(status["last_error"].is_string(), "the cause is shown: {status}");
+    assert!(status["certificate"]["not_after"].is_string(), "the certificate in force is still shown: {status}");
+    assert_eq!(leaf_der(&identity(&relais.data_dir()).join("box.crt")), first);
+
+    // The gateway comes back before the certificate runs out: the next retry renews it.
+    region.serve();
+    wait_until("the box renews once the gateway is back", Duration::from_secs(60), || {
+        leaf_der(&identity(&relais.data_dir()).join("box.crt")) != first
+    });
+    wait_until("the status says online again", Duration::from_secs(10), || {
+        admin.call("GET", "/api/admin/status").json()["uplink"] == "online"
+    });
+}

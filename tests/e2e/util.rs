@@ -1184,11 +1184,13 @@ impl Region {
     }
 
     /// Starts `relais region serve` (with the region's config if `init` was given one) and waits for its
-    /// `listening on https://…` line.
+    /// `listening on https://…` line. A second start (after `kill`) listens on the same address.
     pub fn serve(&mut self) {
         assert!(self.child.is_none(), "the region is already serving");
         let mut cmd = Command::new(BIN);
-        cmd.arg("region").arg("serve").arg("--data").arg(self.data_dir()).arg("--listen").arg("127.0.0.1:0");
+        // Back on the same port after a kill: the boxes' configuration names it.
+        let listen = self.addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        cmd.arg("region").arg("serve").arg("--data").arg(self.data_dir()).arg("--listen").arg(listen);
         if self.config_path().exists() {
             cmd.arg("--config").arg(self.config_path());
         }

@@ -85,6 +85,18 @@ pub struct User {
     /// clear (like a temporary password) so the admin can reprint the sheet; it dies at activation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_code: Option<String>,
+    /// The school (UAI) of the account, at the region, which holds every school's people; `None` on a box
+    /// (all its people are its school's) and for the region's own accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub school: Option<String>,
+    /// When the password (or the activation) last changed, Unix ms: when a box and the region both changed
+    /// it before they synced, the later change wins.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub password_changed: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl User {

@@ -234,6 +234,7 @@ impl App {
             .await?
             .map_err(|e| StoreError::io(Path::new("argon2"), std::io::Error::other(e.to_string())))?;
         user.activation_code = None;
+        user.password_changed = store::now_ms();
         self.store.put_user(&user).await?;
         self.throttle.succeeded(login);
         let token = self.open_session(&user).await?;

@@ -12,6 +12,7 @@ mod lock;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -92,8 +93,14 @@ pub struct Store {
     entries: sled::Tree,
     refs: sled::Tree,
     usage: sled::Tree,
-    /// Facts about the store itself: its replica id.
+    /// Facts about the store itself: its replica id, its change counter.
     meta: sled::Tree,
+    /// Each replicated record's version (and tombstone); see `versions`.
+    versions: sled::Tree,
+    /// Records by their latest change, per partition and writer; see `versions`.
+    journal: sled::Tree,
+    /// This replica's id (cached from `meta`).
+    me: String,
     blobs: blob::BlobStore,
     /// Serialises metadata mutations; see the module documentation.
     mutate: tokio::sync::Mutex<()>,
@@ -198,7 +205,7 @@ impl Store {
     pub fn open(data: &Path) -> Result<Store, StoreError> {
         let blobs = blob::BlobStore::open(data)?;
         let db = sled::Config::new().path(data.join("meta")).cache_capacity(8 << 20).open()?;
-        let store = Store {
+        let mut store = Store {
             users: db.open_tree("users")?,
             users_snapshot: db.open_tree("users_snapshot")?,
             users_staging: db.open_tree("users_staging")?,
@@ -207,6 +214,9 @@ impl Store {
             refs: db.open_tree("refs")?,
             usage: db.open_tree("usage")?,
             meta: db.open_tree("meta")?,
+            versions: db.open_tree("versions")?,
+            journal: db.open_tree("journal")?,
+            me: String::new(),
             db,
             blobs,
             mutate: tokio::sync::Mutex::new(()),
@@ -214,14 +224,15 @@ impl Store {
             small_blobs: cache::BlobCache::new(SMALL_BLOB_CACHE),
         };
         // An import cut by a crash: finish it if its changes were complete, else forget it.
+        if !store.meta.contains_key(REPLICA_ID)? {
+            store.meta.insert(REPLICA_ID, new_replica_id().as_bytes())?;
+        }
+        store.me = store.replica_id()?;
         if store.users_staging.contains_key(READY_MARK)? {
             store.copy_staging()?;
             log::info!("finished a directory import interrupted by a stop");
         }
         store.users_staging.clear()?;
-        if !store.meta.contains_key(REPLICA_ID)? {
-            store.meta.insert(REPLICA_ID, new_replica_id().as_bytes())?;
-        }
         store.db.flush()?;
         let removed = store.blobs.sweep(|hash| Ok(store.refs.contains_key(hash.0)?))?;
         if removed > 0 {
@@ -268,16 +279,43 @@ impl Store {
 
     /// Adds an account; `Exists` if the login is taken.
     pub async fn create_user(&self, user: &User) -> Result<(), StoreError> {
-        let swapped = self.users.compare_and_swap(&user.login, None as Option<&[u8]>, Some(encode(user)))?;
-        if swapped.is_err() {
-            return Err(StoreError::Exists);
-        }
+        self.write_user(&user.login, Some(user), true)?;
         self.flush().await
     }
 
     pub async fn put_user(&self, user: &User) -> Result<(), StoreError> {
-        self.users.insert(&user.login, encode(user))?;
+        self.write_user(&user.login, Some(user), false)?;
         self.flush().await
+    }
+
+    /// Writes (or with `None` deletes) an account and stamps the change, in one transaction. `Exists` when
+    /// `create` and the login is taken.
+    fn write_user(&self, login: &str, user: Option<&User>, create: bool) -> Result<(), StoreError> {
+        let key = versions::user_key(login);
+        let value = user.map(encode);
+        let partition = user.and_then(|u| u.school.clone()).unwrap_or_default();
+        unwrap_tx((&self.users, &self.versions, &self.journal, &self.meta).transaction(
+            |(users, versions, journal, meta)| {
+                let old = users.get(login)?;
+                if create && old.is_some() {
+                    return abort(StoreError::Exists);
+                }
+                if value.is_none() && old.is_none() {
+                    return Ok(());
+                }
+                let v = versions::Versions { meta, versions, journal, me: &self.me };
+                let partition = match (&value, v.get(&key)?) {
+                    (None, Some(version)) => version.part,
+                    _ => partition.clone(),
+                };
+                match &value {
+                    Some(value) => users.insert(login.as_bytes(), value.as_slice())?,
+                    None => users.remove(login.as_bytes())?,
+                };
+                v.stamp(&key, &partition, value.is_none().then(now_ms), None)?;
+                Ok(())
+            },
+        ))
     }
 
     /// Calls `f` with every account, decoding one at a time (a region holds 100 000 of them).
@@ -290,7 +328,7 @@ impl Store {
     }
 
     pub async fn delete_user(&self, login: &str) -> Result<(), StoreError> {
-        self.users.remove(login)?;
+        self.write_user(login, None, false)?;
         self.flush().await
     }
 
@@ -338,21 +376,17 @@ impl Store {
 
     /// Copies a ready staging tree into the accounts (idempotent: a redo after a crash writes the same).
     fn copy_staging(&self) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut pending = 0;
         for kv in self.users_staging.iter() {
             let (k, v) = kv?;
             if k.as_ref() == READY_MARK {
                 continue;
             }
-            batch.insert(k, v);
-            pending += 1;
-            if pending == BATCH {
-                self.users.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
+            let user: User = decode(&k, &v)?;
+            // Unchanged records keep their version: a re-import of the same export replicates nothing.
+            if self.users.get(&k)?.as_deref() != Some(v.as_ref()) {
+                self.write_user(&user.login, Some(&user), false)?;
             }
         }
-        self.users.apply_batch(batch)?;
         Ok(())
     }
 
@@ -362,22 +396,23 @@ impl Store {
         if !self.users_snapshot.contains_key(SNAPSHOT_MARK)? {
             return Err(StoreError::NotFound);
         }
-        let mut batch = sled::Batch::default();
         for kv in self.users.iter() {
             let (k, _) = kv?;
             if !self.users_snapshot.contains_key(&k)? {
-                batch.remove(k);
+                self.write_user(&String::from_utf8_lossy(&k), None, false)?;
             }
         }
         let mut restored = 0;
         for kv in self.users_snapshot.iter() {
             let (k, v) = kv?;
             if k.as_ref() != SNAPSHOT_MARK {
-                batch.insert(k, v);
+                if self.users.get(&k)?.as_deref() != Some(v.as_ref()) {
+                    let user: User = decode(&k, &v)?;
+                    self.write_user(&user.login, Some(&user), false)?;
+                }
                 restored += 1;
             }
         }
-        self.users.apply_batch(batch)?;
         self.users_snapshot.clear()?;
         self.flush().await?;
         Ok(restored)
@@ -521,8 +556,11 @@ impl Store {
         let now = now_ms();
         let key = entry_key(path);
         let entry = Entry { dir: false, size, hash: Some(hash.to_hex()), modified: now, owner: owner.to_string() };
-        let result = unwrap_tx((&self.entries, &self.refs, &self.usage).transaction(|(entries, refs, usage)| {
-            Self::tx_make_parents(entries, &path[..path.len() - 1], owner, now)?;
+        let partition = versions::partition_of(path);
+        let trees = (&self.entries, &self.refs, &self.usage, &self.versions, &self.journal, &self.meta);
+        let result = unwrap_tx(trees.transaction(|(entries, refs, usage, versions, journal, meta)| {
+            let v = versions::Versions { meta, versions, journal, me: &self.me };
+            Self::tx_make_parents(entries, &v, &path[..path.len() - 1], owner, now)?;
             let old: Option<Entry> = tx_get(entries, &key)?;
             let mut released = None;
             if let Some(old) = &old {
@@ -544,6 +582,7 @@ impl Store {
             }
             tx_add(refs, &hash.0, 1)?;
             entries.insert(key.as_slice(), encode(&entry))?;
+            v.stamp(&versions::file_key(&key), partition, None, old.as_ref().and_then(|o| o.hash.clone()))?;
             Ok((old.is_none(), released.filter(|h| *h != hash)))
         }));
         let (created, released) = match result {
@@ -572,13 +611,17 @@ impl Store {
         let now = now_ms();
         let key = entry_key(path);
         let entry = Entry { dir: true, size: 0, hash: None, modified: now, owner: owner.to_string() };
-        unwrap_tx(self.entries.transaction(|entries| {
-            Self::tx_make_parents(entries, &path[..path.len() - 1], owner, now)?;
+        let partition = versions::partition_of(path);
+        let trees = (&self.entries, &self.versions, &self.journal, &self.meta);
+        unwrap_tx(trees.transaction(|(entries, versions, journal, meta)| {
+            let v = versions::Versions { meta, versions, journal, me: &self.me };
+            Self::tx_make_parents(entries, &v, &path[..path.len() - 1], owner, now)?;
             match tx_get::<Entry>(entries, &key)? {
                 Some(e) if e.dir => abort(StoreError::Exists),
                 Some(_) => abort(StoreError::NotADirectory),
                 None => {
                     entries.insert(key.as_slice(), encode(&entry))?;
+                    v.stamp(&versions::file_key(&key), partition, None, None)?;
                     Ok(())
                 }
             }
@@ -605,14 +648,19 @@ impl Store {
                 doomed.push(k.to_vec());
             }
         }
-        let released = unwrap_tx((&self.entries, &self.refs, &self.usage).transaction(|(entries, refs, usage)| {
+        let partition = versions::partition_of(path);
+        let deleted = now_ms();
+        let trees = (&self.entries, &self.refs, &self.usage, &self.versions, &self.journal, &self.meta);
+        let released = unwrap_tx(trees.transaction(|(entries, refs, usage, versions, journal, meta)| {
             if entries.get(&key)?.is_none() {
                 return abort(StoreError::NotFound);
             }
+            let v = versions::Versions { meta, versions, journal, me: &self.me };
             let mut released = Vec::new();
             for k in &doomed {
                 let Some(entry) = tx_get::<Entry>(entries, k)? else { continue };
                 entries.remove(k.as_slice())?;
+                v.stamp(&versions::file_key(k), partition, Some(deleted), entry.hash.clone())?;
                 if entry.dir {
                     continue;
                 }
@@ -649,7 +697,14 @@ impl Store {
         Ok(())
     }
 
-    fn tx_make_parents(entries: &TransactionalTree, parents: &[String], owner: &str, now: i64) -> TxResult<()> {
+    /// Creates the missing folders of `parents`, each a new record stamped by this replica.
+    fn tx_make_parents(
+        entries: &TransactionalTree,
+        v: &versions::Versions<'_>,
+        parents: &[String],
+        owner: &str,
+        now: i64,
+    ) -> TxResult<()> {
         for depth in 1..=parents.len() {
             let key = entry_key(&parents[..depth]);
             match tx_get::<Entry>(entries, &key)? {
@@ -658,6 +713,7 @@ impl Store {
                 None => {
                     let dir = Entry { dir: true, size: 0, hash: None, modified: now, owner: owner.to_string() };
                     entries.insert(key.as_slice(), encode(&dir))?;
+                    v.stamp(&versions::file_key(&key), versions::partition_of(parents), None, None)?;
                 }
             }
         }

@@ -10,6 +10,7 @@ mod blob;
 mod cache;
 mod lock;
 mod snapshot;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 pub mod versions;
@@ -46,6 +47,8 @@ pub enum StoreError {
     IsADirectory,
     #[error("quota exceeded")]
     QuotaExceeded,
+    #[error("the content {0} has not arrived yet")]
+    MissingContent(String),
 }
 
 impl StoreError {
@@ -648,6 +651,9 @@ impl Store {
                 doomed.push(k.to_vec());
             }
         }
+        // Deepest first and the folder last: a replica that receives these deletions in this order sees the
+        // folder empty when its own deletion arrives, unless something new was put in it meanwhile.
+        doomed.reverse();
         let partition = versions::partition_of(path);
         let deleted = now_ms();
         let trees = (&self.entries, &self.refs, &self.usage, &self.versions, &self.journal, &self.meta);

@@ -222,3 +222,195 @@ async fn a_snapshot_loads_into_an_empty_store_with_usage_and_references_recomput
     let again = copy.load(open(&snapshot.users), open(&snapshot.entries));
     assert!(matches!(again, Err(StoreError::Exists)));
 }
+
+// ---- replication between two stores ----
+
+mod replication {
+    use super::*;
+    use crate::store::sync::{Change, Sides};
+
+    const UAI: &str = "0123456A";
+
+    /// A box store and a region store, with the region's root for the school.
+    struct Pair {
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+        boxed: Store,
+        region: Store,
+    }
+
+    fn root() -> Vec<String> {
+        vec!["schools".into(), UAI.into()]
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+            let boxed = Store::open(a.path()).expect("open");
+            let region = Store::open(b.path()).expect("open");
+            Pair { _dirs: (a, b), boxed, region }
+        }
+
+        fn sides(&self) -> Sides {
+            Sides { region: self.region.me().to_owned() }
+        }
+
+        /// Copies the contents `changes` need from one store to the other, as the transfer layer will.
+        async fn carry(from: &Store, to: &Store, changes: &[Change]) {
+            for change in changes {
+                if let Some((hash, _)) = change.record.content() {
+                    if !to.has_blob(hash) {
+                        let bytes = std::fs::read(from.blob_path(hash)).expect("blob");
+                        let mut w = to.blob_writer(None).expect("writer");
+                        w.write(&bytes).await.expect("write");
+                        to.install_blob(w.finish().await.expect("finish")).await.expect("install");
+                    }
+                }
+            }
+        }
+
+        /// One session as the box runs it: push what the region lacks, then pull what the box lacks.
+        async fn sync(&self) -> (usize, usize) {
+            let sides = self.sides();
+            let seen = self.region.high_water(UAI).expect("hwm");
+            let up = self.boxed.changes_since("", &[], &seen, 10_000).expect("changes");
+            Self::carry(&self.boxed, &self.region, &up).await;
+            self.region.apply_remote(UAI, &root(), &up, &sides).await.expect("apply up");
+            let seen = self.boxed.high_water("").expect("hwm");
+            let down = self.region.changes_since(UAI, &root(), &seen, 10_000).expect("changes");
+            Self::carry(&self.region, &self.boxed, &down).await;
+            self.boxed.apply_remote("", &[], &down, &sides).await.expect("apply down");
+            (up.len(), down.len())
+        }
+
+        /// Syncs until nothing moves (a resolution travels back once).
+        async fn converge(&self) {
+            for _ in 0..4 {
+                if self.sync().await == (0, 0) {
+                    return;
+                }
+            }
+            panic!("no convergence after 4 sessions");
+        }
+
+        fn files(store: &Store, root: &[String]) -> Vec<(String, Option<String>)> {
+            let mut out = Vec::new();
+            for kv in store.entries.iter() {
+                let (k, v) = kv.expect("entry");
+                let entry: Entry = decode(&k, &v).expect("decode");
+                let path = String::from_utf8_lossy(&k).replace('\0', "/");
+                let prefix = root.join("/");
+                let rel = path.strip_prefix(&prefix).map(|r| r.trim_start_matches('/').to_string());
+                if let Some(rel) = rel.filter(|r| !r.is_empty()) {
+                    out.push((rel, entry.hash));
+                }
+            }
+            out.sort();
+            out
+        }
+
+        fn assert_same(&self) -> Vec<(String, Option<String>)> {
+            let b = Self::files(&self.boxed, &[]);
+            let r = Self::files(&self.region, &root());
+            assert_eq!(b, r, "box and region differ");
+            b
+        }
+    }
+
+    fn names(files: &[(String, Option<String>)]) -> Vec<&str> {
+        files.iter().map(|(p, _)| p.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn files_and_deletions_flow_both_ways_and_replays_change_nothing() {
+        let pair = Pair::new();
+        put(&pair.boxed, "users/lea/devoir.odt", b"v1", "lea", None).await.expect("put");
+        put(&pair.region, &format!("schools/{UAI}/school/ressources/carte.pdf"), b"carte", "admin", None)
+            .await
+            .expect("put");
+        pair.converge().await;
+        let files = pair.assert_same();
+        assert!(
+            names(&files).contains(&"users/lea/devoir.odt") && names(&files).contains(&"school/ressources/carte.pdf")
+        );
+
+        // A batch delivered twice (an acknowledgement lost) changes nothing the second time.
+        let up = pair.region.changes_since(UAI, &root(), &std::collections::BTreeMap::new(), 100).expect("changes");
+        let again = pair.boxed.apply_remote("", &[], &up, &pair.sides()).await.expect("apply");
+        assert_eq!((again.applied, again.conflicts), (0, 0), "{again:?}");
+
+        pair.boxed.delete(&p("users/lea/devoir.odt")).await.expect("delete");
+        pair.converge().await;
+        let files = pair.assert_same();
+        assert!(!names(&files).contains(&"users/lea/devoir.odt"));
+        assert!(!pair.region.has_blob(Hash(*blake3::hash(b"v1").as_bytes())), "the deletion freed the space there too");
+    }
+
+    #[tokio::test]
+    async fn concurrent_edits_keep_both_versions_on_both_sides() {
+        let pair = Pair::new();
+        put(&pair.boxed, "classes/CM2/cours.odt", b"commun", "paul", None).await.expect("put");
+        pair.converge().await;
+        put(&pair.boxed, "classes/CM2/cours.odt", b"version de l'ecole", "paul", None).await.expect("put");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        put(&pair.region, &format!("schools/{UAI}/classes/CM2/cours.odt"), b"version de la maison", "paul", None)
+            .await
+            .expect("put");
+        pair.converge().await;
+        let files = pair.assert_same();
+        let hash = |b: &[u8]| Some(blake3::hash(b).to_hex().to_string());
+        let original = files.iter().find(|(p, _)| p == "classes/CM2/cours.odt").expect("kept");
+        assert_eq!(original.1, hash(b"version de l'ecole"), "the earlier edit keeps the name");
+        let copy = files.iter().find(|(p, _)| p.contains("(conflit ")).expect("a conflict copy");
+        assert!(copy.0.ends_with(" region).odt"), "named for the side of the later edit: {}", copy.0);
+        assert_eq!(copy.1, hash(b"version de la maison"));
+        assert_eq!(files.len(), 4, "two folders, the file and its copy: {files:?}");
+    }
+
+    #[tokio::test]
+    async fn an_edit_wins_over_a_deletion_and_a_folder_with_new_content_survives() {
+        let pair = Pair::new();
+        put(&pair.boxed, "users/lea/a.txt", b"a", "lea", None).await.expect("put");
+        put(&pair.boxed, "classes/CM2/vieux.txt", b"vieux", "paul", None).await.expect("put");
+        pair.converge().await;
+        pair.region.delete(&p(&format!("schools/{UAI}/users/lea/a.txt"))).await.expect("delete");
+        put(&pair.boxed, "users/lea/a.txt", b"a modifie", "lea", None).await.expect("put");
+        pair.region.delete(&p(&format!("schools/{UAI}/classes/CM2"))).await.expect("delete");
+        put(&pair.boxed, "classes/CM2/nouveau.txt", b"nouveau", "paul", None).await.expect("put");
+        pair.converge().await;
+        let files = pair.assert_same();
+        let names = names(&files);
+        assert!(names.contains(&"users/lea/a.txt"), "the edit won: {names:?}");
+        assert!(names.contains(&"classes/CM2/nouveau.txt") && names.contains(&"classes/CM2"), "{names:?}");
+        assert!(!names.contains(&"classes/CM2/vieux.txt"), "what the deletion knew is gone: {names:?}");
+    }
+
+    #[tokio::test]
+    async fn accounts_take_the_regions_directory_and_the_latest_password() {
+        let pair = Pair::new();
+        let mut lea = User {
+            login: "lea.martin".into(),
+            display_name: "Léa".into(),
+            classes: vec!["CM1".into()],
+            ..User::default()
+        };
+        lea.school = Some(UAI.into());
+        pair.region.create_user(&lea).await.expect("create");
+        pair.converge().await;
+        let on_box = pair.boxed.user("lea.martin").expect("user").expect("flowed down");
+        assert_eq!(on_box.school, None, "a box's people carry no school");
+        // Concurrently: the region moves her to CM2, she changes her password at school.
+        lea.classes = vec!["CM2".into()];
+        pair.region.put_user(&lea).await.expect("put");
+        let mut changed = on_box.clone();
+        changed.password_hash = "nouveau-hash".into();
+        changed.password_changed = now_ms();
+        pair.boxed.put_user(&changed).await.expect("put");
+        pair.converge().await;
+        for store in [&pair.boxed, &pair.region] {
+            let u = store.user("lea.martin").expect("user").expect("there");
+            assert_eq!(u.classes, vec!["CM2".to_string()], "the region's directory");
+            assert_eq!(u.password_hash, "nouveau-hash", "the latest password");
+        }
+        assert!(pair.region.user("admin").expect("user").is_none(), "admins never travel");
+    }
+}

@@ -269,11 +269,15 @@ table $NFT_TABLE {
     counter lost_box_to_gw {}
     counter lost_gw_to_box {}
     counter cut_dropped {}
+    counter passed_box_to_gw {}
+    counter passed_gw_to_box {}
     chain cut {}
     chain forward {
         type filter hook forward priority 0; policy accept;
         jump cut
         $loss_rules
+        oifname "$IF_TOGW" counter name passed_box_to_gw
+        oifname "$IF_TOBOX" counter name passed_gw_to_box
     }
 }
 EOF
@@ -334,7 +338,7 @@ cmd_status() {
     if [[ $chain == *drop* ]]; then echo "cut=yes"; else echo "cut=no"; fi
     echo "delayline_pid=$(delay_pid)"
     local c
-    for c in lost_box_to_gw lost_gw_to_box cut_dropped; do
+    for c in passed_box_to_gw lost_box_to_gw passed_gw_to_box lost_gw_to_box cut_dropped; do
         echo "$c=$(in_ns "$NS_MID" nft list counter $NFT_TABLE "$c" | awk '/packets/ { print $2 }')"
     done
     local dev

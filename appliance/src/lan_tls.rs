@@ -356,14 +356,12 @@ fn build(cert_path: &Path, pem: &[u8], pkcs8: &[u8], now: u64) -> Result<(Server
     let config_err = |e: rustls::Error| LanTlsError::Config { path: cert_path.to_owned(), message: e.to_string() };
     let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    let config = crate::server::tls_builder()
         .map_err(config_err)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(config_err)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((config, info))
+    Ok((crate::server::tls_finish(config), info))
 }
 
 /// Whether the leaf of `pem` names every one of `names` (DNS names case-insensitively, IP addresses as such).

@@ -19,6 +19,54 @@ pub trait TlsSource: Send + Sync {
     fn config(&self) -> Arc<rustls::ServerConfig>;
 }
 
+/// Where every TLS listener (the box's LAN portal, the gateway) starts its configuration: rustls' *ring*
+/// suites, which are all AEAD with an ephemeral key exchange, and TLS 1.2 and 1.3 only.
+pub fn tls_builder() -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>, rustls::Error> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !has_aes_instructions() {
+        // Without AES instructions (a Raspberry Pi 4) AES-GCM runs in constant-time software several times
+        // slower than ChaCha20-Poly1305, which every client supports: offer it first (a stable sort keeps
+        // rustls' order otherwise).
+        use rustls::CipherSuite::{
+            TLS13_CHACHA20_POLY1305_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        };
+        let chacha = [
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ];
+        provider.cipher_suites.sort_by_key(|suite| !chacha.contains(&suite.suite()));
+    }
+    rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+}
+
+/// What every TLS listener sets once its certificate is in: the server's order of suites, not the client's
+/// (every suite is strong, so the order is the server's speed, see [`tls_builder`]; and a client cannot steer
+/// the choice), and ALPN `http/1.1`, the only protocol the server speaks.
+pub fn tls_finish(mut config: rustls::ServerConfig) -> rustls::ServerConfig {
+    config.ignore_client_order = true;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// Whether the CPU has the AES and carry-less multiply instructions AES-GCM needs to be fast.
+fn has_aes_instructions() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 /// Plain HTTP, or TLS with a configuration from a `TlsSource`.
 #[derive(Clone)]
 pub enum Transport {

@@ -77,6 +77,7 @@ fn trusting(roots_pem: &[u8]) -> Arc<ClientConfig> {
 struct Handshake {
     chain: Vec<CertificateDer<'static>>,
     version: rustls::ProtocolVersion,
+    suite: rustls::CipherSuite,
     alpn: Option<Vec<u8>>,
 }
 
@@ -92,6 +93,7 @@ fn handshake(addr: SocketAddr, server_name: &str, config: Arc<ClientConfig>) -> 
     Ok(Handshake {
         chain: conn.peer_certificates().map(<[_]>::to_vec).unwrap_or_default(),
         version: conn.protocol_version().expect("negotiated"),
+        suite: conn.negotiated_cipher_suite().expect("negotiated").suite(),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
     })
 }
@@ -264,6 +266,40 @@ fn old_protocols_and_plain_http_are_refused_on_the_https_port() {
     relais.anonymous().with_tls(tls).call("GET", "/healthz").expect_status(200);
     let log = relais.stderr_tail();
     assert!(log.matches("TLS handshake with").count() >= 3, "each refusal is logged:\n{log}");
+}
+
+#[test]
+fn the_server_chooses_the_cipher_suite() {
+    let relais = Relais::start(TLS_ON);
+    let ca = plain_get(redirect_addr(&relais), "/ca.crt", None);
+    use rustls::crypto::ring::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256};
+    use rustls::crypto::ring::cipher_suite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    };
+    // The same two suites offered in both orders get the same answer: the server's order decides (which
+    // one depends on the CPU, see `server::tls_builder`), so a client cannot steer it.
+    for (version, suites) in [
+        (&rustls::version::TLS13, [TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256]),
+        (
+            &rustls::version::TLS12,
+            [TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+        ),
+    ] {
+        let chosen: Vec<_> = [suites.to_vec(), suites.iter().rev().copied().collect()]
+            .into_iter()
+            .map(|cipher_suites| {
+                let provider =
+                    rustls::crypto::CryptoProvider { cipher_suites, ..rustls::crypto::ring::default_provider() };
+                let config = ClientConfig::builder_with_provider(Arc::new(provider))
+                    .with_protocol_versions(&[version])
+                    .expect("version")
+                    .with_root_certificates(roots(&ca.body))
+                    .with_no_client_auth();
+                handshake(relais.addr(), "127.0.0.1", Arc::new(config)).expect("handshake").suite
+            })
+            .collect();
+        assert_eq!(chosen[0], chosen[1], "{version:?}: the server's choice, whatever the client's order");
+    }
 }
 
 #[test]

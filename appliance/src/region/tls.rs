@@ -72,7 +72,7 @@ fn build(dir: &Path) -> Result<ServerConfig, TlsError> {
     // Trust the box intermediate alone: a LAN or gateway certificate of the same root is no box.
     roots.add(CertificateDer::from(ca.box_ca_cert_der().to_vec())).map_err(|e| TlsError::Config(e.to_string()))?;
     let crl = ca.crl_der().map_err(|e| TlsError::Ca(e.to_string()))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .with_crls([CertificateRevocationListDer::from(crl)])
         .only_check_end_entity_revocation()
         .allow_unauthenticated()
@@ -85,14 +85,12 @@ fn build(dir: &Path) -> Result<ServerConfig, TlsError> {
         .map_err(|e| TlsError::Config(format!("gateway certificate: {e}")))?;
     let key =
         PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Config(format!("gateway key: {e}")))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    let config = crate::server::tls_builder()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(Arc::new(LoggingVerifier(verifier)))
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(crate::server::tls_finish(config))
 }
 
 /// The webpki verifier, plus one log line naming the school when a box's certificate is refused (revoked,

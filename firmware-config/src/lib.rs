@@ -5,7 +5,7 @@
 
 mod units;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -314,6 +314,14 @@ impl Config {
                 format!("« {} » is not an address such as \"0.0.0.0:80\"", self.lan.http_redirect),
             ));
         }
+        if let Some(name) =
+            self.lan.names.iter().find(|n| !is_host_name(n.trim()) && n.trim().parse::<IpAddr>().is_err())
+        {
+            return Err(err(
+                "lan.names",
+                format!("« {name} » is neither a host name (e.g. \"relais.ecole.lan\") nor an IP address"),
+            ));
+        }
         if self.region.certificate_validity.0.as_secs() < 60 {
             return Err(err("region.certificate_validity", "must be at least 1m".into()));
         }
@@ -327,6 +335,20 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// A DNS host name a certificate can carry: dot-separated labels of letters, digits and inner hyphens (RFC 1123),
+/// no wildcard, no trailing dot.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// A UAI is 7 digits then one letter (the letter is a checksum we do not verify: test UAIs are made up).
@@ -388,6 +410,14 @@ mod tests {
 
         let e = parse("[logging]\nlevel = \"loud\"\n").expect_err("bad level");
         assert!(e.to_string().contains("logging.level"), "{e}");
+
+        let e = parse("[lan]\nhttp_redirect = \"port 80\"\n").expect_err("bad redirect address");
+        assert!(e.to_string().contains("lan.http_redirect") && e.to_string().contains("port 80"), "{e}");
+        parse("[lan]\nhttp_redirect = \"0.0.0.0:80\"\n").expect("a redirect address");
+
+        let e = parse("[lan]\nnames = [\"relais.ecole.lan\", \"my box\"]\n").expect_err("bad LAN name");
+        assert!(e.to_string().contains("lan.names") && e.to_string().contains("my box"), "{e}");
+        parse("[lan]\nnames = [\"Relais.Ecole.lan\", \"192.168.1.10\", \"fe80::1\"]\n").expect("LAN names");
 
         let e = parse("[hardware]\nprofile = \"pdp11\"\n").expect_err("bad profile");
         assert!(e.to_string().contains("x86_64-minipc"), "{e}");

@@ -67,12 +67,15 @@ def main():
     ep = select.epoll()
     ep.register(fd, select.EPOLLIN)
 
-    stop = False
     stats = {"in": 0, "out": 0, "dropped_full": 0, "write_errors": 0, "max_held": 0}
 
+    class Stop(Exception):
+        pass
+
     def on_stop(_signum, _frame):
-        nonlocal stop
-        stop = True
+        # Raised, not flagged: Python restarts an interrupted epoll wait by itself (PEP 475), so a flag would
+        # only be seen after the wait's timeout.
+        raise Stop()
 
     def on_usr1(_signum, _frame):
         print("delayline %s: %s held=%d" % (args.prefix, stats, len(held)), file=sys.stderr, flush=True)
@@ -82,7 +85,6 @@ def main():
     signal.signal(signal.SIGUSR1, on_usr1)
 
     held = collections.deque()  # (release time in ns, packet)
-    held_bytes = 0
     if args.pidfile:
         write_pidfile(args.pidfile)
     print(
@@ -91,14 +93,32 @@ def main():
         flush=True,
     )
 
+    try:
+        relay(fd, ep, held, delay_ns, args.max_queue_bytes, stats)
+    except Stop:
+        pass
+    print("delayline %s: stopping: %s held=%d" % (args.prefix, stats, len(held)), file=sys.stderr, flush=True)
+    if args.pidfile:
+        try:
+            with open(args.pidfile) as f:
+                ours = f.read().strip() == str(os.getpid())
+            if ours:  # a successor may already have written its own
+                os.unlink(args.pidfile)
+        except FileNotFoundError:
+            pass
+
+
+def relay(fd, ep, held, delay_ns, max_queue_bytes, stats):
+    """Reads packets into `held` and writes them back once their time has come, until a signal stops us."""
+    held_bytes = 0
     monotonic_ns = time.monotonic_ns
     read = os.read
     write = os.write
-    while not stop:
+    while True:
         if held:
             timeout = max(0.0, (held[0][0] - monotonic_ns()) / 1e9)
         else:
-            timeout = 1.0  # wake now and then so that a signal is seen promptly
+            timeout = -1  # nothing held: sleep until a packet comes (a signal ends the wait by raising)
         try:
             events = ep.poll(timeout)
         except InterruptedError:
@@ -113,7 +133,7 @@ def main():
                 except InterruptedError:
                     continue
                 stats["in"] += 1
-                if held_bytes + len(pkt) > args.max_queue_bytes:
+                if held_bytes + len(pkt) > max_queue_bytes:
                     stats["dropped_full"] += 1
                     continue
                 held.append((now + delay_ns, pkt))
@@ -133,15 +153,6 @@ def main():
                 stats["write_errors"] += 1
                 if e.errno not in (errno.EIO, errno.EINVAL, errno.ENOBUFS, errno.EAGAIN, errno.ENOMEM):
                     raise
-    print("delayline %s: stopping: %s held=%d" % (args.prefix, stats, len(held)), file=sys.stderr, flush=True)
-    if args.pidfile:
-        try:
-            with open(args.pidfile) as f:
-                ours = f.read().strip() == str(os.getpid())
-            if ours:  # a successor may already have written its own
-                os.unlink(args.pidfile)
-        except FileNotFoundError:
-            pass
 
 
 if __name__ == "__main__":

@@ -123,17 +123,19 @@ delayline_pids() { # PREFIX
     done
     return 0
 }
+# Running (a zombie has exited: it only waits for init, which may take its time, to reap it).
+alive() { local st; st=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null) && [[ -n $st && $st != Z ]]; }
 stop_pids() { # PID… : SIGTERM, wait, SIGKILL
     (($#)) || return 0
     kill -TERM "$@" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT)) pid alive
+    local deadline=$((SECONDS + STOP_TIMEOUT)) pid running
     while :; do
-        alive=()
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
-        ((${#alive[@]})) || return 0
+        running=()
+        for pid in "$@"; do alive "$pid" && running+=("$pid"); done
+        ((${#running[@]})) || return 0
         if ((SECONDS >= deadline)); then
-            say "killing ${alive[*]} (no exit ${STOP_TIMEOUT}s after SIGTERM)"
-            kill -KILL "${alive[@]}" 2>/dev/null || true
+            say "killing ${running[*]} (no exit ${STOP_TIMEOUT}s after SIGTERM)"
+            kill -KILL "${running[@]}" 2>/dev/null || true
             sleep 0.1
             return 0
         fi
@@ -147,7 +149,7 @@ start_delayline() { # DELAY_MS
         --pidfile "$STATE/delayline.pid" --prefix "$P" </dev/null >>"$STATE/delayline.log" 2>&1 9>&- &
     local deadline=$((SECONDS + READY_TIMEOUT))
     until [[ -s $STATE/delayline.pid ]]; do
-        if ! kill -0 $! 2>/dev/null || ((SECONDS >= deadline)); then
+        if ! alive $! || ((SECONDS >= deadline)); then
             tail -n 20 "$STATE/delayline.log" >&2 || true
             die "the delay stage did not start within ${READY_TIMEOUT}s (log: $STATE/delayline.log)"
         fi

@@ -17,6 +17,15 @@ use crate::session::{self, Session};
 use crate::store::{self, Store, StoreError};
 use crate::throttle::Throttle;
 
+/// The folder of a school in the tree: the region keeps each school's replica under `schools/<UAI>/`; a box's
+/// school is the whole tree.
+pub fn school_root(school: Option<&str>) -> Vec<String> {
+    match school {
+        Some(uai) => vec![store::versions::SCHOOLS.to_string(), uai.to_string()],
+        None => Vec::new(),
+    }
+}
+
 pub struct App {
     pub config: Config,
     pub store: Store,
@@ -272,9 +281,17 @@ impl App {
     }
 
     /// Every class the box knows (from accounts and from class folders), sorted.
-    pub fn all_classes(&self) -> Result<Vec<String>, StoreError> {
-        let mut classes: Vec<String> = self.store.users()?.into_iter().flat_map(|u| u.classes).collect();
-        classes.extend(self.store.list(&["classes".to_string()])?.into_iter().filter(|(_, e)| e.dir).map(|(n, _)| n));
+    pub fn all_classes(&self, school: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let mut classes: Vec<String> = self
+            .store
+            .users()?
+            .into_iter()
+            .filter(|u| u.school.as_deref() == school)
+            .flat_map(|u| u.classes)
+            .collect();
+        let mut folder = school_root(school);
+        folder.push("classes".to_string());
+        classes.extend(self.store.list(&folder)?.into_iter().filter(|(_, e)| e.dir).map(|(n, _)| n));
         classes.sort();
         classes.dedup();
         Ok(classes)
@@ -293,11 +310,12 @@ impl App {
         if due.is_empty() {
             return Ok(0);
         }
-        let classes = self.all_classes()?;
         for user in &due {
-            let mut spaces = vec![vec!["users".to_string(), user.login.clone()]];
-            spaces
-                .extend(classes.iter().map(|c| vec!["classes".into(), c.clone(), "rendus".into(), user.login.clone()]));
+            let root = school_root(user.school.as_deref());
+            let within = |rest: &[&str]| root.iter().cloned().chain(rest.iter().map(|s| s.to_string())).collect::<Vec<_>>();
+            let classes = self.all_classes(user.school.as_deref())?;
+            let mut spaces = vec![within(&["users", &user.login])];
+            spaces.extend(classes.iter().map(|c| within(&["classes", c, "rendus", &user.login])));
             for space in spaces {
                 match self.store.delete(&space).await {
                     Ok(()) | Err(StoreError::NotFound) => {}

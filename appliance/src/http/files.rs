@@ -63,7 +63,14 @@ fn folder(name: &str) -> Item {
 /// Resolves and checks read access; `Forbidden` if the user may not read it.
 pub fn target(app: &App, user: &User, view: &[String]) -> Result<(Target, Family), ApiError> {
     let family = app.family(user)?;
-    let target = space::resolve(user, view, &family.children_classes, &family.children).ok_or(ApiError::NotFound)?;
+    let mut target =
+        space::resolve(user, view, &family.children_classes, &family.children).ok_or(ApiError::NotFound)?;
+    // At the region, each school's files live under its own folder: a user reaches only their school's.
+    if let (Some(internal), Some(_)) = (target.internal.as_mut(), user.school.as_deref()) {
+        let mut rooted = crate::app::school_root(user.school.as_deref());
+        rooted.append(internal);
+        *internal = rooted;
+    }
     Ok((target, family))
 }
 
@@ -90,7 +97,7 @@ pub fn lookup(app: &App, user: &User, target: &Target, family: &Family) -> Resul
         Kind::Root => vec![folder("me"), folder("classes"), folder("school")],
         Kind::Classes => {
             let classes = match user.role {
-                Role::Admin | Role::Staff => app.all_classes()?,
+                Role::Admin | Role::Staff => app.all_classes(user.school.as_deref())?,
                 _ => space::classes_of(user, &family.children_classes),
             };
             classes.iter().map(|c| folder(c)).collect()

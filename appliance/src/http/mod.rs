@@ -262,6 +262,10 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok")),
         (&Method::GET | &Method::HEAD, "/ca.crt") => ca::handle(ctx).await,
         (&Method::GET, "/metrics") => metrics(ctx, &req),
+        (_, p) if p.starts_with(crate::sync::protocol::PREFIX) => match ctx.app.region.clone() {
+            Some(gateway) => crate::region::sync::handle(ctx, &gateway, req).await,
+            None => Err(ApiError::NotFound),
+        },
         (_, p) if p.starts_with("/.well-known/est/") => match ctx.app.region.clone() {
             Some(gateway) => crate::region::est::handle(ctx, &gateway, req).await,
             None => Err(ApiError::NotFound),

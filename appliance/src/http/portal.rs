@@ -338,7 +338,7 @@ fn home(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
     let (user, session) = logged_in(ctx, req.headers())?;
     let family = ctx.app.family(&user)?;
     let classes = match user.role {
-        Role::Admin | Role::Staff => ctx.app.all_classes()?,
+        Role::Admin | Role::Staff => ctx.app.all_classes(user.school.as_deref())?,
         _ => crate::space::classes_of(&user, &family.children_classes),
     };
     let content = html! {
@@ -816,7 +816,7 @@ fn activation_sheet(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> 
         .filter(|u| class.as_ref().is_none_or(|c| u.classes.contains(c)))
         .collect();
     pending.sort_by(|a, b| (a.classes.first(), &a.display_name).cmp(&(b.classes.first(), &b.display_name)));
-    let classes = ctx.app.all_classes()?;
+    let classes = ctx.app.all_classes(None)?;
     let school = ctx.app.config.identity.name.clone();
     let content = html! {
         style { (PreEscaped(".fiches{display:grid;grid-template-columns:repeat(2,1fr);gap:.5rem}.fiche{border:1px dashed #555;padding:.8rem;background:#fff;break-inside:avoid}.fiche code{font-size:1.3rem;letter-spacing:.1rem}@media print{header,.noprint{display:none}main{margin:0;max-width:none}}")) }

@@ -2,6 +2,7 @@
 //! enrolled boxes, and the enrollment endpoints (EST, RFC 7030, in a JSON flavour).
 
 pub mod est;
+pub mod sync;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ pub struct Gateway {
     pub tls: tls::GatewayTls,
     /// Validity of the box and LAN certificates it signs.
     pub certificate_validity: Duration,
+    /// What each school's box may read by hash (see `sync`).
+    pub offers: sync::Offers,
 }
 
 impl Gateway {
@@ -27,6 +30,6 @@ impl Gateway {
         let dir = ca_dir(data);
         let ca = RegionalCa::open(&dir).map_err(|e| tls::TlsError::Ca(e.to_string()))?;
         let tls = tls::GatewayTls::new(&dir)?;
-        Ok(Gateway { ca, tls, certificate_validity })
+        Ok(Gateway { ca, tls, certificate_validity, offers: sync::Offers::default() })
     }
 }

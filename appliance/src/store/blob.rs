@@ -52,6 +52,13 @@ pub struct Staged {
     pub size: u64,
 }
 
+impl Staged {
+    /// A file already written and fsynced by the caller, whose content is known to hash to `hash`.
+    pub fn adopt(path: PathBuf, hash: Hash, size: u64) -> Staged {
+        Staged { path: Some(path), hash, size }
+    }
+}
+
 impl Drop for Staged {
     fn drop(&mut self) {
         if let Some(path) = self.path.take() {

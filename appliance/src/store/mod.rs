@@ -8,6 +8,7 @@
 
 mod blob;
 mod cache;
+mod chunks;
 mod lock;
 mod snapshot;
 pub mod sync;
@@ -49,6 +50,8 @@ pub enum StoreError {
     QuotaExceeded,
     #[error("the content {0} has not arrived yet")]
     MissingContent(String),
+    #[error(transparent)]
+    Chunk(#[from] crate::sync::chunk::ChunkError),
 }
 
 impl StoreError {
@@ -104,6 +107,12 @@ pub struct Store {
     journal: sled::Tree,
     /// This replica's id (cached from `meta`).
     me: String,
+    /// Where each content-defined chunk lies in a local blob; see `chunks`.
+    chunks: sled::Tree,
+    /// Each indexed blob's chunk list.
+    manifests: sled::Tree,
+    /// Received chunks waiting for their file.
+    stage: std::sync::Arc<crate::sync::chunk::ChunkStage>,
     blobs: blob::BlobStore,
     /// Serialises metadata mutations; see the module documentation.
     mutate: tokio::sync::Mutex<()>,
@@ -220,6 +229,9 @@ impl Store {
             versions: db.open_tree("versions")?,
             journal: db.open_tree("journal")?,
             me: String::new(),
+            chunks: db.open_tree("chunks")?,
+            manifests: db.open_tree("manifests")?,
+            stage: std::sync::Arc::new(crate::sync::chunk::ChunkStage::open(&data.join("chunks"))?),
             db,
             blobs,
             mutate: tokio::sync::Mutex::new(()),

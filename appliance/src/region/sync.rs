@@ -1,0 +1,200 @@
+//! The gateway's end of replication (`/sync/v1/…`, see `sync::protocol`).
+//!
+//! The school is the one the box's certificate is bound to (mutual TLS), never a request field: a box reaches
+//! only `schools/<its UAI>/` and its own people. Contents are addressed by hash and shared between schools on
+//! disk, so reading is gated too: a box may fetch the manifest of a file only after a `pull` offered it that
+//! file, and a chunk only of a manifest it was served (kept in memory per school; after a restart of the
+//! gateway the box asks again and is offered again).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::Gateway;
+use crate::http::{body, json, ApiError, Ctx, Request, Response};
+use crate::store::sync::Sides;
+use crate::store::Hash;
+use crate::sync::chunk::{Manifest, MAX_CHUNK};
+use crate::sync::protocol::{self, ContentReply, Hello, HelloReply, Pull, PullReply, Push, PushReply};
+
+/// What each school's box may read, by hash.
+#[derive(Default)]
+pub struct Offers(Mutex<HashMap<String, Offered>>);
+
+struct Offered {
+    blobs: HashSet<Hash>,
+    chunks: HashSet<Hash>,
+    touched: Instant,
+}
+
+/// Offers unused this long are forgotten (the box is offered them again at its next pull).
+const OFFER_TTL: Duration = Duration::from_secs(6 * 3600);
+
+impl Offers {
+    fn with<T>(&self, uai: &str, f: impl FnOnce(&mut Offered) -> T) -> T {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, o| o.touched.elapsed() < OFFER_TTL);
+        let offered = all.entry(uai.to_owned()).or_insert_with(|| Offered {
+            blobs: HashSet::new(),
+            chunks: HashSet::new(),
+            touched: Instant::now(),
+        });
+        offered.touched = Instant::now();
+        f(offered)
+    }
+}
+
+fn school_root(uai: &str) -> Vec<String> {
+    crate::app::school_root(Some(uai))
+}
+
+pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Response, ApiError> {
+    let Some(uai) = ctx.conn.box_uai.clone() else {
+        return Err(ApiError::EnrollmentRefused("réplication refusée : présentez le certificat de la box".into()));
+    };
+    let app = ctx.app.clone();
+    let store = &app.store;
+    let idle = app.config.limits.body_idle_timeout.0;
+    let path = req.uri().path().trim_start_matches(protocol::PREFIX).to_owned();
+    let root = school_root(&uai);
+    let sides = Sides { region: store.me().to_owned() };
+    let internal = |e: crate::store::StoreError| ApiError::Internal(format!("{uai}: {e}"));
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "hello") => {
+            let hello: Hello = read_json(req, idle).await?;
+            let waiting = store.changes_since(&uai, &root, &hello.seen, 10_000).map_err(internal)?;
+            let backlog_bytes = waiting.iter().filter_map(|c| c.record.content()).map(|(_, size)| size).sum();
+            log::info!("{uai} box {} connected for replication", hello.replica);
+            Ok(json(
+                StatusCode::OK,
+                &HelloReply {
+                    replica: store.me().to_owned(),
+                    uai: uai.clone(),
+                    seen: store.high_water(&uai).map_err(internal)?,
+                    backlog_changes: waiting.len() as u64,
+                    backlog_bytes,
+                },
+            ))
+        }
+        (Method::POST, "push") => {
+            let push: Push = read_json(req, idle).await?;
+            let applied = store.apply_remote(&uai, &root, &push.changes, &sides).await.map_err(|e| match e {
+                crate::store::StoreError::MissingContent(hash) => {
+                    ApiError::Conflict(format!("contenu {hash} absent : envoyez-le d'abord"))
+                }
+                e => internal(e),
+            })?;
+            for refused in &applied.refused {
+                log::warn!("{uai} change refused: {refused}");
+            }
+            if applied.applied + applied.conflicts > 0 {
+                log::info!(
+                    "{uai} received {} changes ({} conflicts) from its box",
+                    applied.applied + applied.conflicts,
+                    applied.conflicts
+                );
+            }
+            let reply = PushReply {
+                applied: applied.applied,
+                known: applied.known,
+                conflicts: applied.conflicts,
+                refused: applied.refused,
+            };
+            Ok(json(StatusCode::OK, &reply))
+        }
+        (Method::POST, "pull") => {
+            let pull: Pull = read_json(req, idle).await?;
+            let limit = pull.limit.clamp(1, protocol::BATCH);
+            let changes = store.changes_since(&uai, &root, &pull.seen, limit + 1).map_err(internal)?;
+            let more = changes.len() > limit;
+            let changes: Vec<_> = changes.into_iter().take(limit).collect();
+            gateway.offers.with(&uai, |o| o.blobs.extend(changes.iter().filter_map(|c| c.record.content().map(|(h, _)| h))));
+            Ok(json(StatusCode::OK, &PullReply { changes, more }))
+        }
+        (Method::GET, p) if p.starts_with("manifest/") => {
+            let hash = hash_in(&p["manifest/".len()..])?;
+            if !gateway.offers.with(&uai, |o| o.blobs.contains(&hash)) {
+                return Err(ApiError::Forbidden);
+            }
+            let manifest = store.manifest(hash).await.map_err(internal)?.ok_or(ApiError::NotFound)?;
+            gateway.offers.with(&uai, |o| o.chunks.extend(manifest.chunks.iter().map(|(h, _)| *h)));
+            let base = match query_base(&req) {
+                Some(base) => store.manifest(base).await.map_err(internal)?,
+                None => None,
+            };
+            let bytes = match &base {
+                Some(base) => manifest.encode_delta(base),
+                None => manifest.encode(),
+            };
+            Ok(binary(bytes))
+        }
+        (Method::GET, p) if p.starts_with("chunk/") => {
+            let hash = hash_in(&p["chunk/".len()..])?;
+            if !gateway.offers.with(&uai, |o| o.chunks.contains(&hash)) {
+                return Err(ApiError::Forbidden);
+            }
+            let bytes = tokio::task::block_in_place(|| store.local_chunk(&hash))
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .ok_or(ApiError::NotFound)?;
+            Ok(binary(bytes))
+        }
+        (Method::PUT, p) if p.starts_with("chunk/") => {
+            let hash = hash_in(&p["chunk/".len()..])?;
+            let bytes = body::read_small(req.into_body(), idle, MAX_CHUNK as usize).await?;
+            let stage = store.chunk_stage();
+            tokio::task::block_in_place(|| stage.put(&hash, &bytes))
+                .map_err(|e| ApiError::BadRequest(format!("morceau refusé : {e}")))?;
+            let mut resp = hyper::Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            Ok(resp)
+        }
+        (Method::POST, "content") => {
+            let base = req.headers().get(protocol::BASE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let bytes = body::read_small(req.into_body(), idle, protocol::MAX_JSON).await?;
+            let bad = |e: crate::sync::chunk::ChunkError| ApiError::BadRequest(format!("manifeste refusé : {e}"));
+            let manifest = match base {
+                Some(base) => {
+                    let base = hash_in(&base)?;
+                    match store.manifest(base).await.map_err(internal)? {
+                        Some(base) => Manifest::decode_delta(&bytes, &base).map_err(bad)?,
+                        None => return Ok(json(StatusCode::OK, &ContentReply { base_unknown: true, ..Default::default() })),
+                    }
+                }
+                None => Manifest::decode(&bytes).map_err(bad)?,
+            };
+            let stage = store.chunk_stage();
+            let missing = stage.missing(&manifest, &|h| store.has_chunk(h));
+            if !missing.is_empty() {
+                let missing = missing.iter().map(|h| h.to_hex()).collect();
+                return Ok(json(StatusCode::OK, &ContentReply { missing, ..Default::default() }));
+            }
+            store.assemble(&manifest).await.map_err(|e| ApiError::BadRequest(format!("{uai}: assemblage refusé : {e}")))?;
+            Ok(json(StatusCode::OK, &ContentReply { installed: true, ..Default::default() }))
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request, idle: Duration) -> Result<T, ApiError> {
+    let bytes = body::read_small(req.into_body(), idle, protocol::MAX_JSON).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("JSON invalide : {e}")))
+}
+
+fn hash_in(text: &str) -> Result<Hash, ApiError> {
+    Hash::from_hex(text).ok_or_else(|| ApiError::BadRequest(format!("« {text} » n'est pas une empreinte blake3")))
+}
+
+fn query_base(req: &Request) -> Option<Hash> {
+    let query = req.uri().query()?;
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "base").and_then(|(_, v)| Hash::from_hex(&v))
+}
+
+fn binary(bytes: Vec<u8>) -> Response {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(bytes)).map_err(|e| match e {}).boxed());
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+    resp
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use units::{ByteSize, Limit, Span};
+pub use units::{BitRate, ByteSize, Limit, Span, Window};
 
 /// Why a configuration file could not be used. Each message is for the technician who wrote it.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +94,32 @@ pub enum TlsMode {
     Off,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Uplink {
     /// The regional gateway, "https://HOST:PORT"; written by the provisioning bundle. Empty: standalone box.
     pub gateway: String,
+    /// The line's rate ("2mbit"); replication and caching together stay under it. "unlimited" caps nothing.
+    pub rate: BitRate,
+    /// Share of `rate` by local time of day, e.g. ["07:30-18:00 30%", "18:00-07:30 100%"]; 100 % outside them.
+    pub windows: Vec<Window>,
+    /// Longest pause between two replication sessions when nothing changes (a change starts one sooner).
+    pub sync_interval: Span,
+    /// Connections used at once for replication transfers: one TCP connection on a lossy long link fills
+    /// only part of it.
+    pub connections: u32,
+}
+
+impl Default for Uplink {
+    fn default() -> Self {
+        Uplink {
+            gateway: String::new(),
+            rate: BitRate(0),
+            windows: Vec::new(),
+            sync_interval: Span(std::time::Duration::from_secs(60)),
+            connections: 4,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -307,6 +328,12 @@ impl Config {
         let gateway = &self.uplink.gateway;
         if !gateway.is_empty() && !gateway.starts_with("https://") {
             return Err(err("uplink.gateway", format!("« {gateway} » must start with https://")));
+        }
+        if !(1..=32).contains(&self.uplink.connections) {
+            return Err(err("uplink.connections", "must be between 1 and 32".into()));
+        }
+        if self.uplink.sync_interval.0.as_millis() < 100 {
+            return Err(err("uplink.sync_interval", "must be at least 100ms".into()));
         }
         if !self.lan.http_redirect.is_empty() && self.lan.http_redirect.parse::<SocketAddr>().is_err() {
             return Err(err(

@@ -17,6 +17,21 @@ pub struct ByteSize(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit(pub Option<u64>);
 
+/// A line rate in bits per second, written as `"2mbit"`, `"512kbit"`, `"10 Mbit/s"`; `"unlimited"` (or 0)
+/// caps nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BitRate(pub u64);
+
+/// A time-of-day window and the share of the line replication may use in it: `"07:30-18:00 30%"`. A window
+/// whose end is before its start runs over midnight (`"18:00-07:30 100%"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Minutes after midnight, local time.
+    pub from: u16,
+    pub to: u16,
+    pub percent: u8,
+}
+
 /// A duration written as `"30s"`, `"15m"`, `"12h"`, `"90d"` or a plain number of seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Span(pub Duration);
@@ -70,6 +85,109 @@ impl fmt::Display for ByteSize {
             }
         }
         write!(f, "{}", self.0)
+    }
+}
+
+const RATE_HELP: &str = "a rate such as \"2mbit\", \"512kbit\", \"10 Mbit/s\" or \"unlimited\"";
+const WINDOW_HELP: &str = "a window such as \"07:30-18:00 30%\"";
+
+impl BitRate {
+    pub fn parse(text: &str) -> Result<BitRate, String> {
+        let bad = || format!("« {text} » is not {RATE_HELP}");
+        let lower = text.trim().to_ascii_lowercase();
+        if lower == "unlimited" || lower == "none" {
+            return Ok(BitRate(0));
+        }
+        let (number, unit) = split_number(&lower).ok_or_else(bad)?;
+        let unit = unit.trim_end_matches("/s").trim_end_matches("ps").trim();
+        let factor = match unit {
+            "" | "bit" | "b" => 1.0,
+            "k" | "kbit" | "kb" => 1e3,
+            "m" | "mbit" | "mb" => 1e6,
+            "g" | "gbit" | "gb" => 1e9,
+            _ => return Err(bad()),
+        };
+        let bits = number * factor;
+        if !bits.is_finite() || !(0.0..=1e12).contains(&bits) {
+            return Err(bad());
+        }
+        Ok(BitRate(bits as u64))
+    }
+}
+
+impl fmt::Display for BitRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("unlimited"),
+            b if b % 1_000_000 == 0 => write!(f, "{}mbit", b / 1_000_000),
+            b if b % 1000 == 0 => write!(f, "{}kbit", b / 1000),
+            b => write!(f, "{b}bit"),
+        }
+    }
+}
+
+impl Window {
+    pub fn parse(text: &str) -> Result<Window, String> {
+        let bad = || format!("« {text} » is not {WINDOW_HELP}");
+        let (times, share) = text.trim().split_once(' ').ok_or_else(bad)?;
+        let (from, to) = times.split_once('-').ok_or_else(bad)?;
+        let minutes = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let percent: u8 = share.trim().trim_end_matches('%').trim().parse().map_err(|_| bad())?;
+        if percent > 100 {
+            return Err(bad());
+        }
+        Ok(Window { from: minutes(from).ok_or_else(bad)?, to: minutes(to).ok_or_else(bad)?, percent })
+    }
+
+    /// Whether `minute` (after midnight) falls in the window.
+    pub fn contains(&self, minute: u16) -> bool {
+        if self.from <= self.to {
+            (self.from..self.to).contains(&minute)
+        } else {
+            minute >= self.from || minute < self.to
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02}:{:02}-{:02}:{:02} {}%",
+            self.from / 60,
+            self.from % 60,
+            self.to / 60,
+            self.to % 60,
+            self.percent
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for BitRate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UnitVisitor { parse: BitRate::parse, expecting: RATE_HELP })
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UnitVisitor { parse: Window::parse, expecting: WINDOW_HELP })
+    }
+}
+
+impl Serialize for BitRate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
     }
 }
 
@@ -197,6 +315,21 @@ mod tests {
         assert!(ByteSize::parse("10 GiBs").is_err());
         assert_eq!(Limit::parse("none"), Ok(Limit(None)));
         assert_eq!(ByteSize(10 << 30).to_string(), "10GiB");
+    }
+
+    #[test]
+    fn rates_and_windows() {
+        assert_eq!(BitRate::parse("2mbit"), Ok(BitRate(2_000_000)));
+        assert_eq!(BitRate::parse("512 kbit"), Ok(BitRate(512_000)));
+        assert_eq!(BitRate::parse("10 Mbit/s"), Ok(BitRate(10_000_000)));
+        assert_eq!(BitRate::parse("unlimited"), Ok(BitRate(0)));
+        assert!(BitRate::parse("fast").is_err());
+        let day = Window::parse("07:30-18:00 30%").expect("window");
+        assert!(day.contains(7 * 60 + 30) && day.contains(17 * 60 + 59) && !day.contains(18 * 60));
+        let night = Window::parse("18:00-07:30 100%").expect("window");
+        assert!(night.contains(23 * 60) && night.contains(60) && !night.contains(12 * 60));
+        assert_eq!(night.to_string(), "18:00-07:30 100%");
+        assert!(Window::parse("7h-18h 30%").is_err() && Window::parse("07:30-18:00 130%").is_err());
     }
 
     #[test]

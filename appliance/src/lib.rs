@@ -21,7 +21,9 @@ pub mod session;
 pub mod space;
 pub mod status;
 pub mod store;
+pub mod sync;
 pub mod throttle;
+pub mod uplink;
 
 use std::path::Path;
 

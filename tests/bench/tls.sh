@@ -8,6 +8,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 RELAIS_BIN=${RELAIS_BIN:-}           # a relais binary to use as is; unset: cargo build --release -p relais
+REPORTS=${TLS_REPORTS:-}             # a folder to keep testssl.sh's full reports in (NAME.txt, NAME.json)
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "tls.sh: $*"; exit 1; }
@@ -103,6 +104,9 @@ audit() { # name addr ca-file
     "$TESTSSL" --quiet --color 0 --warnings batch --add-ca "$ca" --jsonfile "$WORK/$name.json" \
         "https://$addr" >"$WORK/$name.txt" 2>&1 || true
     [[ -s "$WORK/$name.json" ]] || { tail -n 30 "$WORK/$name.txt" >&2; die "testssl.sh wrote no report for $name"; }
+    if [[ -n "$REPORTS" ]]; then
+        mkdir -p "$REPORTS" && cp "$WORK/$name.txt" "$WORK/$name.json" "$REPORTS/"
+    fi
 }
 audit gateway "$GATEWAY" "$WORK/gateway-ca.pem"
 audit box "$BOX" "$WORK/box-ca.pem"

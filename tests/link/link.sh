@@ -25,7 +25,7 @@ STOP_TIMEOUT=5     # seconds for a process to exit after SIGTERM before SIGKILL
 
 say() { printf 'link.sh: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 unavailable() {
     say "=================================================================================="
     say "UNAVAILABLE: $*"
@@ -295,6 +295,15 @@ EOF
             ((burst >= 3028)) || burst=3028
             tc -n "$NS_MID" qdisc replace dev "$dev" root tbf rate "${bits}bit" burst "$burst" latency "${queue}ms"
         fi
+    done
+
+    # Carrier comes up asynchronously (linkwatch); until it does, a veth's queue drops what is sent.
+    local deadline=$((SECONDS + READY_TIMEOUT)) spec
+    for spec in "$NS_BOX:$IF_WAN" "$NS_GW:$IF_WAN" "$NS_MID:$IF_TOBOX" "$NS_MID:$IF_TOGW"; do
+        until [[ $(ip -n "${spec%%:*}" -o link show dev "${spec#*:}") == *" state UP "* ]]; do
+            ((SECONDS < deadline)) || die "${spec#*:} in ${spec%%:*} is not up after ${READY_TIMEOUT}s"
+            sleep 0.02
+        done
     done
 
     cat >"$STATE/params" <<EOF

@@ -107,6 +107,8 @@ impl User {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
+    #[error("« {0} » n'est pas un UAI : 7 chiffres puis une lettre, par exemple 0123456A")]
+    BadUai(String),
     #[error("l'identifiant « {0} » n'est pas valide : lettres minuscules, chiffres, « . », « - » ou « _ », 64 caractères au plus")]
     BadLogin(String),
     #[error("le nom affiché est vide ou trop long")]
@@ -221,6 +223,9 @@ pub struct NewUser {
     pub classes: Vec<String>,
     #[serde(default)]
     pub children: Vec<String>,
+    /// At the regional gateway: the school the account belongs to.
+    #[serde(default)]
+    pub uai: Option<String>,
 }
 
 impl NewUser {
@@ -247,7 +252,11 @@ impl NewUser {
         for child in &self.children {
             validate_login(child)?;
         }
+        if let Some(uai) = self.uai.as_deref().filter(|u| !firmware_config::is_uai(u)) {
+            return Err(AccountError::BadUai(uai.to_owned()));
+        }
         Ok(User {
+            school: self.uai,
             login: self.login,
             display_name,
             role: self.role,

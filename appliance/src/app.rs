@@ -35,6 +35,8 @@ pub struct App {
     pub region: Option<Arc<crate::region::Gateway>>,
     /// The enrollment worker of a provisioned box, set once it is started.
     pub enroll: std::sync::OnceLock<crate::enroll::EnrollHandle>,
+    /// The replication worker of a box with a gateway, set once it is started.
+    pub sync: std::sync::OnceLock<crate::sync::worker::SyncHandle>,
     /// One argon2 hash at a time: each takes 19 MiB (kept between hashes, see `account`), and with one
     /// core hashing the others keep serving files while 30 pupils log in at 8:00.
     hashing: tokio::sync::Semaphore,
@@ -85,6 +87,7 @@ impl App {
         let app = App {
             region,
             enroll: std::sync::OnceLock::new(),
+            sync: std::sync::OnceLock::new(),
             throttle: Throttle::new(&config.login),
             metrics: Metrics::default(),
             hashing: tokio::sync::Semaphore::new(1),
@@ -134,6 +137,7 @@ impl App {
             store: &self.store,
             region: self.region.as_deref(),
             enroll: self.enroll.get().map(crate::enroll::EnrollHandle::status),
+            sync: self.sync.get().map(crate::sync::worker::SyncHandle::status),
             running: true,
         })
     }
@@ -282,13 +286,8 @@ impl App {
 
     /// Every class the box knows (from accounts and from class folders), sorted.
     pub fn all_classes(&self, school: Option<&str>) -> Result<Vec<String>, StoreError> {
-        let mut classes: Vec<String> = self
-            .store
-            .users()?
-            .into_iter()
-            .filter(|u| u.school.as_deref() == school)
-            .flat_map(|u| u.classes)
-            .collect();
+        let mut classes: Vec<String> =
+            self.store.users()?.into_iter().filter(|u| u.school.as_deref() == school).flat_map(|u| u.classes).collect();
         let mut folder = school_root(school);
         folder.push("classes".to_string());
         classes.extend(self.store.list(&folder)?.into_iter().filter(|(_, e)| e.dir).map(|(n, _)| n));
@@ -312,7 +311,8 @@ impl App {
         }
         for user in &due {
             let root = school_root(user.school.as_deref());
-            let within = |rest: &[&str]| root.iter().cloned().chain(rest.iter().map(|s| s.to_string())).collect::<Vec<_>>();
+            let within =
+                |rest: &[&str]| root.iter().cloned().chain(rest.iter().map(|s| s.to_string())).collect::<Vec<_>>();
             let classes = self.all_classes(user.school.as_deref())?;
             let mut spaces = vec![within(&["users", &user.login])];
             spaces.extend(classes.iter().map(|c| within(&["classes", c, "rendus", &user.login])));

@@ -77,6 +77,8 @@ pub struct Sources<'a> {
     pub region: Option<&'a crate::region::Gateway>,
     /// The enrollment worker's view, when the daemon runs one.
     pub enroll: Option<EnrollStatus>,
+    /// The replication worker's view, when the daemon runs one.
+    pub sync: Option<crate::sync::worker::SyncStatus>,
     pub running: bool,
 }
 
@@ -133,6 +135,28 @@ pub fn gather(sources: &Sources<'_>) -> Status {
             status.last_error.clone_from(&enroll.last_error);
         } else if enroll.last_success.is_some() {
             status.uplink = "online".into();
+        }
+    }
+    if let Some(sync) = &sources.sync {
+        let r = &mut status.replication;
+        r.last_success = sync.last_success.map(time);
+        r.last_error.clone_from(&sync.last_error);
+        // What the region has not yet seen of this box, counted now (bounded: a figure, not an inventory).
+        if let Ok(up) = sources.store.changes_since("", &[], &sync.region_seen, 100_000) {
+            r.backlog.up_changes = up.len() as u64;
+            r.backlog.up_bytes = up.iter().filter_map(|c| c.record.content()).map(|(_, size)| size).sum();
+        }
+        r.backlog.down_changes = sync.down_changes;
+        r.backlog.down_bytes = sync.down_bytes;
+        // The last exchange decides: replication talks to the gateway far more often than enrollment.
+        let last_sync = sync.last_success.max(sources.enroll.as_ref().and_then(|e| e.last_success));
+        if let Some(at) = last_sync {
+            status.last_contact = Some(time(at));
+        }
+        status.uplink =
+            if sync.last_error.is_none() && sync.last_success.is_some() { "online" } else { "offline" }.into();
+        if sync.last_error.is_some() {
+            status.last_error.clone_from(&sync.last_error);
         }
     }
     status

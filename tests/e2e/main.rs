@@ -25,5 +25,7 @@ mod lan_tls;
 mod lifecycle;
 /// Who may read and write where: one table over the five roles and the four kinds of space.
 mod permissions;
+/// Replication between a real box and a real gateway: both ways, conflicts, isolation between schools.
+mod replication;
 /// Provisioning bundles refused whole or applied all at once; enrollment, renewal and revocation with the region.
 mod trust;

@@ -1235,6 +1235,13 @@ impl Region {
         }
     }
 
+    /// A portal client of the gateway (users at home), trusting the regional root.
+    pub fn client(&self) -> Client {
+        let ca = provisioning::RegionalCa::open(&self.ca_dir()).expect("the region's CA");
+        let tls = relais::enroll::client::tls_config(ca.root_cert_pem(), None).expect("TLS client config");
+        Client::new(Arc::new(RwLock::new(self.url()))).with_tls(Arc::new(tls))
+    }
+
     /// SIGKILL and reap the gateway.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -33,11 +33,19 @@ pub fn run(args: ServeArgs) -> Outcome {
         if let Some(worker) = &enroll {
             let _ = app.enroll.set(worker.handle.clone());
         }
+        // Replication with the region, once enrolled; nothing on the LAN waits for it.
+        let sync = crate::sync::worker::spawn(&app, enroll_stopped.clone());
+        if let Some((handle, _)) = &sync {
+            let _ = app.sync.set(handle.clone());
+        }
         // Technician commands (status, backup) reach the daemon through its control socket.
         let control = super::spawn_control(&app, enroll_stopped);
         let served = server::run(app, listener, transport, shutdown.wait()).await;
         let _ = stop_enroll.send(true);
         let _ = control.await;
+        if let Some((_, task)) = sync {
+            let _ = task.await;
+        }
         if let Some(redirecting) = redirecting {
             // It stopped on the same signal; its last requests finish within the same grace period.
             let _ = redirecting.await;

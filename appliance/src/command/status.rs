@@ -25,6 +25,7 @@ pub fn run(folder: FolderArgs, json: bool) -> Outcome {
             store: &store,
             region: region.as_ref(),
             enroll: None,
+            sync: None,
             running: false,
         }))
     })?;

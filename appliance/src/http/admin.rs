@@ -44,8 +44,13 @@ pub async fn users(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     ctx.require_admin(req.headers())?;
     match *req.method() {
         Method::GET => {
+            // At the gateway, `?uai=` lists one school's people.
+            let uai = req.uri().query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "uai").map(|(_, v)| v.into_owned())
+            });
             let users = ctx.app.store.users()?;
-            let view: Vec<UserView> = users.iter().map(UserView::from).collect();
+            let view: Vec<UserView> =
+                users.iter().filter(|u| uai.is_none() || u.school == uai).map(UserView::from).collect();
             Ok(json(StatusCode::OK, &view))
         }
         Method::POST => {
@@ -121,6 +126,9 @@ pub async fn receive(
 /// Validates, hashes (on a blocking thread) and stores a new account.
 pub async fn create(ctx: &Ctx, new: NewUser) -> Result<User, ApiError> {
     let login = new.login.clone();
+    if new.uai.is_some() && ctx.app.region.is_none() {
+        return Err(ApiError::BadRequest("« uai » ne s'emploie que sur la passerelle régionale".into()));
+    }
     let user = ctx.app.hash_work(move || new.into_user()).await?.map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match ctx.app.store.create_user(&user).await {
         Ok(()) => {

@@ -669,6 +669,7 @@ async fn accounts_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiErr
         password: field("password"),
         classes: list("classes"),
         children: list("children"),
+        uai: None,
     };
     match super::admin::create(ctx, new).await {
         Ok(_) => Ok(redirect("/admin/comptes?msg=compte")),

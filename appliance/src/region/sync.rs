@@ -112,7 +112,9 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
             let changes = store.changes_since(&uai, &root, &pull.seen, limit + 1).map_err(internal)?;
             let more = changes.len() > limit;
             let changes: Vec<_> = changes.into_iter().take(limit).collect();
-            gateway.offers.with(&uai, |o| o.blobs.extend(changes.iter().filter_map(|c| c.record.content().map(|(h, _)| h))));
+            gateway
+                .offers
+                .with(&uai, |o| o.blobs.extend(changes.iter().filter_map(|c| c.record.content().map(|(h, _)| h))));
             Ok(json(StatusCode::OK, &PullReply { changes, more }))
         }
         (Method::GET, p) if p.starts_with("manifest/") => {
@@ -161,18 +163,27 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
                     let base = hash_in(&base)?;
                     match store.manifest(base).await.map_err(internal)? {
                         Some(base) => Manifest::decode_delta(&bytes, &base).map_err(bad)?,
-                        None => return Ok(json(StatusCode::OK, &ContentReply { base_unknown: true, ..Default::default() })),
+                        None => {
+                            return Ok(json(StatusCode::OK, &ContentReply { base_unknown: true, ..Default::default() }))
+                        }
                     }
                 }
                 None => Manifest::decode(&bytes).map_err(bad)?,
             };
+            if store.has_blob(manifest.file) {
+                // The same file is here already (another school's copy, or sent before): nothing to move.
+                return Ok(json(StatusCode::OK, &ContentReply { installed: true, ..Default::default() }));
+            }
             let stage = store.chunk_stage();
             let missing = stage.missing(&manifest, &|h| store.has_chunk(h));
             if !missing.is_empty() {
                 let missing = missing.iter().map(|h| h.to_hex()).collect();
                 return Ok(json(StatusCode::OK, &ContentReply { missing, ..Default::default() }));
             }
-            store.assemble(&manifest).await.map_err(|e| ApiError::BadRequest(format!("{uai}: assemblage refusé : {e}")))?;
+            store
+                .assemble(&manifest)
+                .await
+                .map_err(|e| ApiError::BadRequest(format!("{uai}: assemblage refusé : {e}")))?;
             Ok(json(StatusCode::OK, &ContentReply { installed: true, ..Default::default() }))
         }
         _ => Err(ApiError::NotFound),

@@ -113,6 +113,8 @@ pub struct Store {
     manifests: sled::Tree,
     /// Received chunks waiting for their file.
     stage: std::sync::Arc<crate::sync::chunk::ChunkStage>,
+    /// Woken after every local change, so replication starts a session soon.
+    changed: tokio::sync::Notify,
     blobs: blob::BlobStore,
     /// Serialises metadata mutations; see the module documentation.
     mutate: tokio::sync::Mutex<()>,
@@ -232,6 +234,7 @@ impl Store {
             chunks: db.open_tree("chunks")?,
             manifests: db.open_tree("manifests")?,
             stage: std::sync::Arc::new(crate::sync::chunk::ChunkStage::open(&data.join("chunks"))?),
+            changed: tokio::sync::Notify::new(),
             db,
             blobs,
             mutate: tokio::sync::Mutex::new(()),
@@ -267,6 +270,11 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Notified after local changes (a permit is kept when nobody waits): what wakes replication.
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
     }
 
     // ---- accounts ----
@@ -330,7 +338,9 @@ impl Store {
                 v.stamp(&key, &partition, value.is_none().then(now_ms), None)?;
                 Ok(())
             },
-        ))
+        ))?;
+        self.changed.notify_one();
+        Ok(())
     }
 
     /// Calls `f` with every account, decoding one at a time (a region holds 100 000 of them).
@@ -611,6 +621,7 @@ impl Store {
         };
         drop(guard);
         self.flush().await?;
+        self.changed.notify_one();
         if let Some(old) = released {
             self.release(old).await?;
         }
@@ -643,6 +654,7 @@ impl Store {
         }))?;
         drop(guard);
         self.flush().await?;
+        self.changed.notify_one();
         Ok(entry)
     }
 
@@ -693,6 +705,7 @@ impl Store {
         }))?;
         drop(guard);
         self.flush().await?;
+        self.changed.notify_one();
         for hash in released {
             self.release(hash).await?;
         }

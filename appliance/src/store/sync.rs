@@ -249,6 +249,10 @@ impl Store {
             }
         }
         self.flush().await?;
+        if report.conflicts > 0 {
+            // Resolutions are this replica's own changes: they travel back.
+            self.changed.notify_one();
+        }
         for hash in released {
             self.release(hash).await?;
         }

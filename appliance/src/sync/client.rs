@@ -1,0 +1,190 @@
+//! The box's HTTPS client of the gateway's `/sync/v1/` endpoints: mutual TLS with the box certificate, the
+//! regional root pinned, every byte through the uplink scheduler. Blocking (ureq): transfers run on a few
+//! blocking threads, one connection each, which is what keeps a lossy 200 ms link full.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::store::Hash;
+use crate::sync::chunk::{Manifest, MAX_CHUNK};
+use crate::sync::protocol::{self, ContentReply, Hello, HelloReply, Pull, PullReply, Push, PushReply};
+use crate::uplink::{Class, Direction, Scheduler};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest silence within one exchange: a 64 KiB chunk at 30 % of 2 Mbit/s takes under 1 s; a batch's JSON a
+/// few seconds. Past this the link is taken as cut and the session ends (to be resumed).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("{url}: the gateway answered {status}: {message}")]
+    Status { url: String, status: u16, message: String },
+    #[error("{url}: unexpected answer: {message}")]
+    BadResponse { url: String, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Chunk(#[from] crate::sync::chunk::ChunkError),
+    #[error("the box is not enrolled yet")]
+    NotEnrolled,
+    #[error("box identity: {0}")]
+    Identity(String),
+    #[error("stopped")]
+    Stopped,
+}
+
+impl SyncError {
+    /// Whether the gateway refused the box itself (certificate revoked or expired): retrying will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, SyncError::Status { status: 401 | 403, .. })
+    }
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    scheduler: Arc<Scheduler>,
+}
+
+impl Client {
+    pub fn new(base: &str, tls: rustls::ClientConfig, connections: usize, scheduler: Arc<Scheduler>) -> Client {
+        let agent = ureq::AgentBuilder::new()
+            .tls_config(Arc::new(tls))
+            .https_only(true)
+            .timeout_connect(CONNECT_TIMEOUT)
+            .timeout_read(EXCHANGE_TIMEOUT)
+            .timeout_write(EXCHANGE_TIMEOUT)
+            .max_idle_connections_per_host(connections.max(1))
+            .redirects(0)
+            .build();
+        Client { agent, base: base.trim_end_matches('/').to_owned(), scheduler }
+    }
+
+    fn url(&self, op: &str) -> String {
+        format!("{}{}{op}", self.base, protocol::PREFIX)
+    }
+
+    pub fn hello(&self, hello: &Hello) -> Result<HelloReply, SyncError> {
+        self.post_json("hello", hello)
+    }
+
+    pub fn push(&self, push: &Push) -> Result<PushReply, SyncError> {
+        self.post_json("push", push)
+    }
+
+    pub fn pull(&self, pull: &Pull) -> Result<PullReply, SyncError> {
+        self.post_json("pull", pull)
+    }
+
+    /// Offers a file's manifest (a delta against `base` when given); the gateway says what it lacks.
+    pub fn content(&self, manifest: &[u8], base: Option<Hash>) -> Result<ContentReply, SyncError> {
+        let url = self.url("content");
+        self.scheduler.acquire(Class::Replication, Direction::Up, manifest.len() as u64);
+        let mut request = self.agent.post(&url).set("Content-Type", "application/octet-stream");
+        if let Some(base) = base {
+            request = request.set(protocol::BASE_HEADER, &base.to_hex());
+        }
+        let response = request.send_bytes(manifest).map_err(|e| classify(&url, e))?;
+        self.read_json(&url, response)
+    }
+
+    /// The manifest of a file the last pull offered, as a delta against `base` when the box has one.
+    pub fn manifest(&self, file: Hash, base: Option<&Manifest>) -> Result<Manifest, SyncError> {
+        let mut url = self.url(&format!("manifest/{}", file.to_hex()));
+        if let Some(base) = base {
+            url.push_str(&format!("?base={}", base.file.to_hex()));
+        }
+        let response = self.agent.get(&url).call().map_err(|e| classify(&url, e))?;
+        let bytes = self.read_bytes(&url, response, protocol::MAX_JSON)?;
+        let manifest = match base {
+            Some(base) => Manifest::decode_delta(&bytes, base),
+            None => Manifest::decode(&bytes),
+        }
+        .map_err(|e| SyncError::BadResponse { url: url.clone(), message: e.to_string() })?;
+        if manifest.file != file {
+            return Err(SyncError::BadResponse { url, message: "a manifest of another file".into() });
+        }
+        Ok(manifest)
+    }
+
+    pub fn get_chunk(&self, chunk: Hash, len: u32) -> Result<Vec<u8>, SyncError> {
+        let url = self.url(&format!("chunk/{}", chunk.to_hex()));
+        self.scheduler.acquire(Class::Replication, Direction::Down, u64::from(len));
+        let response = self.agent.get(&url).call().map_err(|e| classify(&url, e))?;
+        self.read_body(&url, response, MAX_CHUNK as usize)
+    }
+
+    pub fn put_chunk(&self, chunk: Hash, bytes: &[u8]) -> Result<(), SyncError> {
+        let url = self.url(&format!("chunk/{}", chunk.to_hex()));
+        self.scheduler.acquire(Class::Replication, Direction::Up, bytes.len() as u64);
+        self.agent
+            .put(&url)
+            .set("Content-Type", "application/octet-stream")
+            .send_bytes(bytes)
+            .map_err(|e| classify(&url, e))?;
+        Ok(())
+    }
+
+    fn post_json<T: DeserializeOwned>(&self, op: &str, body: &impl Serialize) -> Result<T, SyncError> {
+        let url = self.url(op);
+        let body = serde_json::to_vec(body)
+            .map_err(|e| SyncError::BadResponse { url: url.clone(), message: e.to_string() })?;
+        self.scheduler.acquire(Class::Replication, Direction::Up, body.len() as u64);
+        let response = self
+            .agent
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .send_bytes(&body)
+            .map_err(|e| classify(&url, e))?;
+        self.read_json(&url, response)
+    }
+
+    fn read_json<T: DeserializeOwned>(&self, url: &str, response: ureq::Response) -> Result<T, SyncError> {
+        let bytes = self.read_bytes(url, response, protocol::MAX_JSON)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| SyncError::BadResponse { url: url.to_owned(), message: e.to_string() })
+    }
+
+    /// A body counted against the downlink budget once read (its size is not known before).
+    fn read_bytes(&self, url: &str, response: ureq::Response, limit: usize) -> Result<Vec<u8>, SyncError> {
+        let bytes = self.read_body(url, response, limit)?;
+        self.scheduler.acquire(Class::Replication, Direction::Down, bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    fn read_body(&self, url: &str, response: ureq::Response, limit: usize) -> Result<Vec<u8>, SyncError> {
+        let mut bytes = Vec::new();
+        response
+            .into_reader()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| SyncError::Transport { url: url.to_owned(), message: e.to_string() })?;
+        if bytes.len() > limit {
+            return Err(SyncError::BadResponse { url: url.to_owned(), message: "answer too large".into() });
+        }
+        Ok(bytes)
+    }
+}
+
+fn classify(url: &str, error: ureq::Error) -> SyncError {
+    match error {
+        ureq::Error::Status(status, response) => {
+            let text = response.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            SyncError::Status { url: url.to_owned(), status, message }
+        }
+        ureq::Error::Transport(t) => {
+            let cause = std::error::Error::source(&t).map(|s| format!(": {s}")).unwrap_or_default();
+            SyncError::Transport { url: url.to_owned(), message: format!("{}{cause}", t.kind()) }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The box's replication worker: a session soon after every local change (a couple of seconds, to batch a
+//! class's uploads), at least every `[uplink] sync_interval` otherwise, and with a growing pause while the
+//! gateway cannot be reached. Nothing on the LAN waits for it: uploads are acknowledged once durable on the
+//! box, whatever the link does.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::enroll::{identity, Identity};
+use crate::sync::client::{Client, SyncError};
+use crate::sync::session;
+use crate::uplink::Scheduler;
+
+/// Pause after a local change before the session starts, so that 30 hand-ins go in one session.
+const SETTLE: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What the admin page, `relais status` and `/metrics` show of replication. Times are Unix seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncStatus {
+    pub last_success: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_attempt: Option<u64>,
+    pub sessions: u64,
+    pub failures: u32,
+    /// Changes (and content bytes) waiting at the region for the box, as of the last session's start.
+    pub down_changes: u64,
+    pub down_bytes: u64,
+    /// The region's high-water marks after the last push: what it has of this box.
+    #[serde(skip)]
+    pub region_seen: BTreeMap<String, u64>,
+    pub changes_up: u64,
+    pub changes_down: u64,
+    pub conflicts: u64,
+    pub chunks_up: u64,
+    pub chunks_down: u64,
+}
+
+#[derive(Clone)]
+pub struct SyncHandle {
+    status: Arc<Mutex<SyncStatus>>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+impl SyncHandle {
+    pub fn status(&self) -> SyncStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Starts the worker on a box that has a gateway; `None` on a standalone box.
+pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHandle, JoinHandle<()>)> {
+    let gateway = app.config.uplink.gateway.trim().to_owned();
+    if gateway.is_empty() {
+        return None;
+    }
+    let uplink = &app.config.uplink;
+    let scheduler = Arc::new(Scheduler::new(uplink.rate, uplink.windows.clone()));
+    let handle = SyncHandle { status: Arc::new(Mutex::new(SyncStatus::default())), scheduler: scheduler.clone() };
+    let status = handle.status.clone();
+    let app = app.clone();
+    let task = tokio::spawn(async move {
+        let interval = app.config.uplink.sync_interval.0;
+        let connections = app.config.uplink.connections as usize;
+        let mut pause = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = app.store.changed().notified() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(SETTLE) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+            let client = match client(&app, &gateway, connections, scheduler.clone()) {
+                Ok(client) => Arc::new(client),
+                Err(SyncError::NotEnrolled) => {
+                    pause = interval;
+                    continue;
+                }
+                Err(e) => {
+                    record_failure(&status, &e, &app);
+                    pause = interval;
+                    continue;
+                }
+            };
+            set(&status, |s| s.last_attempt = Some(identity::unix_now()));
+            let outcome = tokio::select! {
+                outcome = session::run(&app, client, connections) => outcome,
+                _ = stop.changed() => return,
+            };
+            match outcome {
+                Ok(report) => {
+                    if report.pushed + report.pulled > 0 {
+                        log::info!(
+                            "{} replication: {} changes up, {} down, {} conflicts, {} chunks up, {} down",
+                            app.config.identity.uai,
+                            report.pushed,
+                            report.pulled,
+                            report.conflicts,
+                            report.chunks_up,
+                            report.chunks_down
+                        );
+                    }
+                    set(&status, |s| {
+                        s.last_success = Some(identity::unix_now());
+                        s.last_error = None;
+                        s.failures = 0;
+                        s.sessions += 1;
+                        s.down_changes = report.backlog_changes.saturating_sub(report.pulled as u64);
+                        s.down_bytes = if s.down_changes == 0 { 0 } else { report.backlog_bytes };
+                        s.region_seen = report.region_seen;
+                        s.changes_up += report.pushed as u64;
+                        s.changes_down += report.pulled as u64;
+                        s.conflicts += report.conflicts as u64;
+                        s.chunks_up += report.chunks_up as u64;
+                        s.chunks_down += report.chunks_down as u64;
+                    });
+                    pause = interval;
+                }
+                Err(e) => {
+                    let failures = record_failure(&status, &e, &app);
+                    pause = backoff(failures).min(interval.max(FIRST_BACKOFF));
+                    if e.is_refusal() {
+                        pause = interval;
+                    }
+                }
+            }
+        }
+    });
+    Some((handle, task))
+}
+
+fn set(status: &Mutex<SyncStatus>, f: impl FnOnce(&mut SyncStatus)) {
+    f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+fn record_failure(status: &Mutex<SyncStatus>, e: &SyncError, app: &App) -> u32 {
+    log::warn!("{} replication failed: {e}", app.config.identity.uai);
+    let mut failures = 0;
+    set(status, |s| {
+        s.failures += 1;
+        failures = s.failures;
+        s.last_error = Some(e.to_string());
+    });
+    failures
+}
+
+/// 5 s doubling to 5 min.
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(10)).min(MAX_BACKOFF)
+}
+
+/// A client with the box's current certificate (renewed ones are picked up at the next session).
+fn client(app: &App, gateway: &str, connections: usize, scheduler: Arc<Scheduler>) -> Result<Client, SyncError> {
+    let data = &app.config.storage.data;
+    let id = Identity::load(data).map_err(|e| SyncError::Identity(e.to_string()))?.ok_or(SyncError::NotEnrolled)?;
+    if !id.is_enrolled() {
+        return Err(SyncError::NotEnrolled);
+    }
+    let chain = id.box_chain_pem().map_err(|e| SyncError::Identity(e.to_string()))?.ok_or(SyncError::NotEnrolled)?;
+    let key = id.box_key().map_err(|e| SyncError::Identity(e.to_string()))?;
+    let tls = crate::enroll::client::tls_config(&id.region_ca_pem, Some((&chain, key.pkcs8_der())))
+        .map_err(|e| SyncError::Identity(e.to_string()))?;
+    Ok(Client::new(gateway, tls, connections, scheduler))
+}

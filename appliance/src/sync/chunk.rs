@@ -50,6 +50,12 @@ use crate::store::Hash;
 /// the index entries of 16 KiB, and cutting at ~900 MB/s, far beyond the disk and the link. It does
 /// forbid one round trip per chunk (10 557 × 200 ms = 35 min per 100 MB): ask for chunks in batches,
 /// at least 50 KB (bandwidth × delay, 6 chunks) in flight. A cut costs at most one 32 KiB chunk again.
+/// Dedup: 29 more copies of a 50 MB video send no chunk, but 5.3 MB of full manifests, or 2 KB as
+/// deltas against the first copy; a re-encoded video shares nothing (101 % sent) whatever the sizes.
+/// (c) varies by ±15 % between runs on the shared cores; the other figures are deterministic.
+///
+/// Changing any of these changes every chunk's name: change the `FULL` and `DELTA` tags with them, so
+/// manifests cut the old way no longer decode and are cut again.
 pub const MIN_CHUNK: u32 = 2 << 10;
 /// See [`MIN_CHUNK`].
 pub const AVG_CHUNK: u32 = 8 << 10;
@@ -195,7 +201,8 @@ pub fn read_chunk(path: &Path, chunk: &ChunkRef) -> io::Result<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------------
 // Manifests
 
-/// First byte of an encoded manifest: a full one, or a delta against a base the receiver holds.
+/// First byte of an encoded manifest: a full one, or a delta against a base the receiver holds. They
+/// also stand for [`Cutter::DEFAULT`]: a manifest cut with other sizes must not decode as one of ours.
 const FULL: u8 = 1;
 const DELTA: u8 = 2;
 

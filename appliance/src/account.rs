@@ -301,6 +301,7 @@ mod tests {
             password: "motdepasse".into(),
             classes: vec!["CM2 A".into(), "CM2 A".into()],
             children: vec![],
+            uai: None,
         };
         let user = base().into_user().expect("valid");
         assert_eq!(user.classes, vec!["CM2 A".to_string()]);

@@ -33,6 +33,16 @@ pub struct Metrics {
     pub upload_bytes: Counter,
     pub uploads: Counter,
     pub download_bytes: Counter,
+    /// Replication: chunks and their bytes received from / sent to the peer, changes applied each way.
+    pub sync_chunks_in: Counter,
+    pub sync_chunk_bytes_in: Counter,
+    pub sync_chunks_out: Counter,
+    pub sync_chunk_bytes_out: Counter,
+    pub sync_changes_in: Counter,
+    pub sync_changes_out: Counter,
+    pub sync_conflicts: Counter,
+    pub sync_sessions_ok: Counter,
+    pub sync_sessions_failed: Counter,
 }
 
 /// Figures read from the store when /metrics is asked for.
@@ -41,6 +51,19 @@ pub struct Gauges {
     pub sessions: u64,
     pub blobs: u64,
     pub blob_bytes: u64,
+    /// The box's replication, when it has a gateway.
+    pub replication: Option<ReplicationGauges>,
+}
+
+pub struct ReplicationGauges {
+    pub last_success: u64,
+    pub up_changes: u64,
+    pub up_bytes: u64,
+    pub down_changes: u64,
+    pub down_bytes: u64,
+    /// Bytes the uplink scheduler let through, each way, since start.
+    pub line_up_bytes: u64,
+    pub line_down_bytes: u64,
 }
 
 impl Metrics {
@@ -94,6 +117,61 @@ impl Metrics {
         metric("relais_sessions", "gauge", "Open portal sessions.", &[("", gauges.sessions)]);
         metric("relais_blobs", "gauge", "Distinct file contents stored.", &[("", gauges.blobs)]);
         metric("relais_blob_bytes", "gauge", "Bytes of distinct file contents on disk.", &[("", gauges.blob_bytes)]);
+        let dirs = |a: u64, b: u64| [("{direction=\"in\"}", a), ("{direction=\"out\"}", b)];
+        metric(
+            "relais_sync_chunks_total",
+            "counter",
+            "Content chunks received from and sent to the replication peer.",
+            &dirs(self.sync_chunks_in.get(), self.sync_chunks_out.get()),
+        );
+        metric(
+            "relais_sync_chunk_bytes_total",
+            "counter",
+            "Bytes of content chunks received from and sent to the replication peer.",
+            &dirs(self.sync_chunk_bytes_in.get(), self.sync_chunk_bytes_out.get()),
+        );
+        metric(
+            "relais_sync_changes_total",
+            "counter",
+            "Changes applied from the peer (in) and accepted by it (out).",
+            &dirs(self.sync_changes_in.get(), self.sync_changes_out.get()),
+        );
+        metric("relais_sync_conflicts_total", "counter", "Conflicts resolved.", &[("", self.sync_conflicts.get())]);
+        metric(
+            "relais_sync_sessions_total",
+            "counter",
+            "Replication sessions, by outcome.",
+            &[
+                ("{outcome=\"ok\"}", self.sync_sessions_ok.get()),
+                ("{outcome=\"failed\"}", self.sync_sessions_failed.get()),
+            ],
+        );
+        if let Some(r) = &gauges.replication {
+            metric(
+                "relais_sync_last_success_seconds",
+                "gauge",
+                "Unix time of the last successful session.",
+                &[("", r.last_success)],
+            );
+            metric(
+                "relais_sync_backlog_changes",
+                "gauge",
+                "Changes waiting to cross, each way.",
+                &[("{direction=\"up\"}", r.up_changes), ("{direction=\"down\"}", r.down_changes)],
+            );
+            metric(
+                "relais_sync_backlog_bytes",
+                "gauge",
+                "Content bytes waiting to cross, each way.",
+                &[("{direction=\"up\"}", r.up_bytes), ("{direction=\"down\"}", r.down_bytes)],
+            );
+            metric(
+                "relais_uplink_bytes_total",
+                "counter",
+                "Bytes the uplink scheduler let through, each way.",
+                &[("{direction=\"up\"}", r.line_up_bytes), ("{direction=\"down\"}", r.line_down_bytes)],
+            );
+        }
         out
     }
 }

@@ -81,8 +81,7 @@ impl Scheduler {
         let d = direction as usize;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.waiting[d][class as usize] += 1;
-        loop {
-            let Some(rate) = self.bytes_per_second() else { break };
+        while let Some(rate) = self.bytes_per_second() {
             let burst = (rate * BURST_SECONDS).max(MIN_BURST);
             let now = Instant::now();
             let bucket = &mut state.buckets[d];

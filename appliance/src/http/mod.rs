@@ -294,6 +294,21 @@ fn metrics(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
         sessions: ctx.app.store.session_count() as u64,
         blobs,
         blob_bytes,
+        replication: ctx.app.sync.get().map(|handle| {
+            let status = ctx.app.status();
+            let sync = handle.status();
+            let (line_up_bytes, line_down_bytes) = handle.scheduler.granted();
+            let b = status.replication.backlog;
+            crate::metrics::ReplicationGauges {
+                last_success: sync.last_success.unwrap_or(0),
+                up_changes: b.up_changes,
+                up_bytes: b.up_bytes,
+                down_changes: b.down_changes,
+                down_bytes: b.down_bytes,
+                line_up_bytes,
+                line_down_bytes,
+            }
+        }),
     };
     let mut resp = text(StatusCode::OK, &ctx.app.metrics.render(&gauges));
     set(&mut resp, header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");

@@ -98,6 +98,8 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
                     applied.conflicts
                 );
             }
+            app.metrics.sync_changes_in.add((applied.applied + applied.conflicts) as u64);
+            app.metrics.sync_conflicts.add(applied.conflicts as u64);
             let reply = PushReply {
                 applied: applied.applied,
                 known: applied.known,
@@ -115,6 +117,7 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
             gateway
                 .offers
                 .with(&uai, |o| o.blobs.extend(changes.iter().filter_map(|c| c.record.content().map(|(h, _)| h))));
+            app.metrics.sync_changes_out.add(changes.len() as u64);
             Ok(json(StatusCode::OK, &PullReply { changes, more }))
         }
         (Method::GET, p) if p.starts_with("manifest/") => {
@@ -142,6 +145,8 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
             let bytes = tokio::task::block_in_place(|| store.local_chunk(&hash))
                 .map_err(|e| ApiError::Internal(e.to_string()))?
                 .ok_or(ApiError::NotFound)?;
+            app.metrics.sync_chunks_out.inc();
+            app.metrics.sync_chunk_bytes_out.add(bytes.len() as u64);
             Ok(binary(bytes))
         }
         (Method::PUT, p) if p.starts_with("chunk/") => {
@@ -150,6 +155,8 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
             let stage = store.chunk_stage();
             tokio::task::block_in_place(|| stage.put(&hash, &bytes))
                 .map_err(|e| ApiError::BadRequest(format!("morceau refusé : {e}")))?;
+            app.metrics.sync_chunks_in.inc();
+            app.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
             let mut resp = hyper::Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             Ok(resp)

@@ -57,6 +57,7 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
         let push = Push { changes: batch.clone() };
         let pushed = blocking(&client, move |c| c.push(&push)).await?;
         report.pushed += pushed.applied + pushed.conflicts;
+        app.metrics.sync_changes_out.add((pushed.applied + pushed.conflicts) as u64);
         report.conflicts += pushed.conflicts;
         for refused in &pushed.refused {
             log::warn!("the region refused a change: {refused}");
@@ -85,6 +86,8 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
         }
         let applied = store.apply_remote("", &[], &batch.changes, &sides).await?;
         report.pulled += applied.applied + applied.conflicts;
+        app.metrics.sync_changes_in.add((applied.applied + applied.conflicts) as u64);
+        app.metrics.sync_conflicts.add(applied.conflicts as u64);
         report.conflicts += applied.conflicts;
         if !batch.more {
             break;
@@ -140,7 +143,10 @@ async fn send_content(
                 .local_chunk(&chunk)
                 .map_err(|e| SyncError::Store(StoreError::io(std::path::Path::new("chunk"), e)))?
                 .ok_or_else(|| StoreError::MissingContent(chunk.to_hex()))?;
-            c.put_chunk(chunk, &bytes)
+            c.put_chunk(chunk, &bytes)?;
+            app.metrics.sync_chunks_out.inc();
+            app.metrics.sync_chunk_bytes_out.add(bytes.len() as u64);
+            Ok(())
         })
         .await?;
     }
@@ -174,6 +180,8 @@ async fn fetch_content(
     transfer(client, wanted, connections, move |c, (chunk, len)| {
         let bytes = c.get_chunk(chunk, len)?;
         app2.store.chunk_stage().put(&chunk, &bytes)?;
+        app2.metrics.sync_chunks_in.inc();
+        app2.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
         Ok(())
     })
     .await?;

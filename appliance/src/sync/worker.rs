@@ -100,6 +100,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHan
             };
             match outcome {
                 Ok(report) => {
+                    app.metrics.sync_sessions_ok.inc();
                     if report.pushed + report.pulled > 0 {
                         log::info!(
                             "{} replication: {} changes up, {} down, {} conflicts, {} chunks up, {} down",
@@ -128,6 +129,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHan
                     pause = interval;
                 }
                 Err(e) => {
+                    app.metrics.sync_sessions_failed.inc();
                     let failures = record_failure(&status, &e, &app);
                     pause = backoff(failures).min(interval.max(FIRST_BACKOFF));
                     if e.is_refusal() {

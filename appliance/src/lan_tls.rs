@@ -445,6 +445,46 @@ mod tests {
         assert!(covers(&renewed, &more));
     }
 
+    /// Writes a key and a certificate for it as the box's LAN pair (a self-signed one stands in for the region's).
+    fn write_lan_pair(data: &Path) {
+        let made = provisioning::self_signed(&["ent.0123456a.lan".into()], Duration::from_secs(86_400)).expect("pair");
+        let dir = Identity::dir_of(data);
+        identity::create_private_dir(&dir).expect("identity dir");
+        write_atomic(&dir.join(identity::LAN_KEY), made.key_pem.as_bytes(), identity::SECRET_MODE).expect("key");
+        write_atomic(&dir.join(identity::LAN_CERT), made.cert_pem.as_bytes(), identity::PUBLIC_MODE).expect("cert");
+    }
+
+    fn serving(tls: &LanTls) -> Serving {
+        tls.state.lock().expect("state").serving.clone()
+    }
+
+    #[test]
+    fn a_new_lan_certificate_is_picked_up_and_a_broken_one_keeps_the_last_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = LanTls::open(dir.path(), vec!["localhost".into()]).expect("open");
+        assert!(matches!(serving(&tls), Serving::SelfSigned { .. }), "not enrolled yet");
+
+        write_lan_pair(dir.path());
+        let first = tls.config();
+        let lan = serving(&tls);
+        assert!(matches!(lan, Serving::Lan { .. }), "the LAN certificate from the next connection");
+        assert!(Arc::ptr_eq(&first, &tls.config()), "no rebuild while nothing changes");
+
+        let cert = Identity::dir_of(dir.path()).join(identity::LAN_CERT);
+        write_atomic(&cert, b"-----BEGIN CERTIFICATE-----\nbroken\n", identity::PUBLIC_MODE).expect("damage");
+        assert!(Arc::ptr_eq(&first, &tls.config()), "a damaged renewal keeps the last good configuration");
+        assert_eq!(serving(&tls), lan);
+        assert!(tls.state.lock().expect("state").last_error.is_some(), "and says why");
+
+        write_lan_pair(dir.path());
+        assert!(!Arc::ptr_eq(&first, &tls.config()), "a good renewal is served");
+        assert!(matches!(serving(&tls), Serving::Lan { .. }) && serving(&tls) != lan, "the new certificate");
+
+        std::fs::remove_file(&cert).expect("remove");
+        tls.config();
+        assert!(matches!(serving(&tls), Serving::SelfSigned { .. }), "back to the self-signed one");
+    }
+
     #[test]
     fn a_loose_self_signed_key_is_refused() {
         use std::os::unix::fs::PermissionsExt;

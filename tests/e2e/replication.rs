@@ -182,11 +182,15 @@ fn a_box_reaches_only_its_own_school() {
     let tls = tls_config(&root, Some((&chain, key.pkcs8_der()))).expect("tls");
     let agent = ureq::AgentBuilder::new().tls_config(std::sync::Arc::new(tls)).build();
     let hash = blake3::hash(&secret).to_hex().to_string();
-    for url in [format!("{}/sync/v1/manifest/{hash}", region.url()), format!("{}/sync/v1/chunk/{hash}", region.url())] {
-        match agent.get(&url).call() {
-            Err(ureq::Error::Status(403, _)) => {}
-            other => panic!("{url}: B must be refused A's content, got {:?}", other.map(|r| r.status())),
-        }
+    let url = format!("{}/sync/v1/manifest/{hash}", region.url());
+    match agent.get(&url).call() {
+        Err(ureq::Error::Status(403, _)) => {}
+        other => panic!("{url}: B must be refused A's manifest, got {:?}", other.map(|r| r.status())),
+    }
+    let url = format!("{}/sync/v1/chunks", region.url());
+    match agent.post(&url).send_json(serde_json::json!({ "chunks": [hash] })) {
+        Err(ureq::Error::Status(403, _)) => {}
+        other => panic!("{url}: B must be refused A's chunks, got {:?}", other.map(|r| r.status())),
     }
     // Without a box certificate, nothing at all.
     let anonymous =

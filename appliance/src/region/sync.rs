@@ -137,26 +137,50 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
             };
             Ok(binary(bytes))
         }
-        (Method::GET, p) if p.starts_with("chunk/") => {
-            let hash = hash_in(&p["chunk/".len()..])?;
-            if !gateway.offers.with(&uai, |o| o.chunks.contains(&hash)) {
+        (Method::POST, "chunks") => {
+            let list: protocol::ChunkList = read_json(req, idle).await?;
+            if list.chunks.len() > protocol::CHUNK_BATCH_COUNT {
+                return Err(ApiError::BadRequest(format!("au plus {} morceaux par lot", protocol::CHUNK_BATCH_COUNT)));
+            }
+            let hashes: Vec<Hash> = list.chunks.iter().map(|h| hash_in(h)).collect::<Result<_, _>>()?;
+            if !gateway.offers.with(&uai, |o| hashes.iter().all(|h| o.chunks.contains(h))) {
                 return Err(ApiError::Forbidden);
             }
-            let bytes = tokio::task::block_in_place(|| store.local_chunk(&hash))
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .ok_or(ApiError::NotFound)?;
-            app.metrics.sync_chunks_out.inc();
-            app.metrics.sync_chunk_bytes_out.add(bytes.len() as u64);
-            Ok(binary(bytes))
+            let mut out = Vec::with_capacity(protocol::CHUNK_BATCH_BYTES + 4096);
+            for hash in &hashes {
+                let bytes = tokio::task::block_in_place(|| store.local_chunk(hash))
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .ok_or(ApiError::NotFound)?;
+                app.metrics.sync_chunks_out.inc();
+                app.metrics.sync_chunk_bytes_out.add(bytes.len() as u64);
+                protocol::frame(&mut out, hash, &bytes);
+            }
+            Ok(binary(out))
         }
-        (Method::PUT, p) if p.starts_with("chunk/") => {
-            let hash = hash_in(&p["chunk/".len()..])?;
-            let bytes = body::read_small(req.into_body(), idle, MAX_CHUNK as usize).await?;
+        (Method::PUT, "chunks") => {
+            // Staged one by one as they arrive: a cut mid-batch keeps every complete chunk.
+            let mut body = req.into_body();
+            let mut buf = Vec::new();
             let stage = store.chunk_stage();
-            tokio::task::block_in_place(|| stage.put(&hash, &bytes))
-                .map_err(|e| ApiError::BadRequest(format!("morceau refusé : {e}")))?;
-            app.metrics.sync_chunks_in.inc();
-            app.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
+            let limit = protocol::CHUNK_BATCH_BYTES * 4;
+            let mut received = 0usize;
+            while let Some(piece) = body::next_chunk(&mut body, idle).await? {
+                received += piece.len();
+                if received > limit {
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                buf.extend_from_slice(&piece);
+                let whole = protocol::unframe(&mut buf, MAX_CHUNK as usize).map_err(ApiError::BadRequest)?;
+                for (hash, bytes) in whole {
+                    tokio::task::block_in_place(|| stage.put(&hash, &bytes))
+                        .map_err(|e| ApiError::BadRequest(format!("morceau refusé : {e}")))?;
+                    app.metrics.sync_chunks_in.inc();
+                    app.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
+                }
+            }
+            if !buf.is_empty() {
+                return Err(ApiError::BadRequest("lot de morceaux coupé au milieu d'un morceau".into()));
+            }
             let mut resp = hyper::Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             Ok(resp)

@@ -113,20 +113,57 @@ impl Client {
         Ok(manifest)
     }
 
-    pub fn get_chunk(&self, chunk: Hash, len: u32) -> Result<Vec<u8>, SyncError> {
-        let url = self.url(&format!("chunk/{}", chunk.to_hex()));
-        self.scheduler.acquire(Class::Replication, Direction::Down, u64::from(len));
-        let response = self.agent.get(&url).call().map_err(|e| classify(&url, e))?;
-        self.read_body(&url, response, MAX_CHUNK as usize)
+    /// Fetches a batch of chunks; `each` gets every chunk as soon as it is whole (and checked by the
+    /// caller), so a cut mid-batch keeps what arrived.
+    pub fn get_chunks(
+        &self,
+        chunks: &[(Hash, u32)],
+        each: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        let url = self.url("chunks");
+        let list = protocol::ChunkList { chunks: chunks.iter().map(|(h, _)| h.to_hex()).collect() };
+        let body = serde_json::to_vec(&list)
+            .map_err(|e| SyncError::BadResponse { url: url.clone(), message: e.to_string() })?;
+        self.scheduler.acquire(Class::Replication, Direction::Up, body.len() as u64);
+        let response = self
+            .agent
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .send_bytes(&body)
+            .map_err(|e| classify(&url, e))?;
+        let mut reader = response.into_reader();
+        let mut buf = Vec::with_capacity(64 << 10);
+        let mut piece = vec![0u8; 16 << 10];
+        loop {
+            // The scheduler paces reading; TCP's window then paces the sender.
+            self.scheduler.acquire(Class::Replication, Direction::Down, piece.len() as u64);
+            let n = reader
+                .read(&mut piece)
+                .map_err(|e| SyncError::Transport { url: url.clone(), message: e.to_string() })?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&piece[..n]);
+            let whole = protocol::unframe(&mut buf, MAX_CHUNK as usize)
+                .map_err(|message| SyncError::BadResponse { url: url.clone(), message })?;
+            for (hash, bytes) in whole {
+                each(hash, bytes)?;
+            }
+        }
+        if !buf.is_empty() {
+            return Err(SyncError::Transport { url, message: "the batch ended mid-chunk".into() });
+        }
+        Ok(())
     }
 
-    pub fn put_chunk(&self, chunk: Hash, bytes: &[u8]) -> Result<(), SyncError> {
-        let url = self.url(&format!("chunk/{}", chunk.to_hex()));
-        self.scheduler.acquire(Class::Replication, Direction::Up, bytes.len() as u64);
+    /// Sends a batch of framed chunks (see `protocol::frame`).
+    pub fn put_chunks(&self, framed: &[u8]) -> Result<(), SyncError> {
+        let url = self.url("chunks");
+        self.scheduler.acquire(Class::Replication, Direction::Up, framed.len() as u64);
         self.agent
             .put(&url)
             .set("Content-Type", "application/octet-stream")
-            .send_bytes(bytes)
+            .send_bytes(framed)
             .map_err(|e| classify(&url, e))?;
         Ok(())
     }

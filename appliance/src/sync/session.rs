@@ -14,8 +14,9 @@ use crate::app::App;
 use crate::store::sync::{Change, Record, Sides};
 use crate::store::{Hash, StoreError};
 use crate::sync::chunk::Manifest;
+use crate::sync::chunk::MAX_CHUNK;
 use crate::sync::client::{Client, SyncError};
-use crate::sync::protocol::{Hello, Pull, Push, BATCH};
+use crate::sync::protocol::{frame, Hello, Pull, Push, BATCH, CHUNK_BATCH_BYTES, CHUNK_BATCH_COUNT};
 
 /// What a session did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -136,16 +137,22 @@ async fn send_content(
         }
         let missing: Vec<Hash> = reply.missing.iter().filter_map(|h| Hash::from_hex(h)).collect();
         sent += missing.len();
+        let lens: BTreeMap<Hash, u32> = manifest.chunks.iter().copied().collect();
+        let sized = missing.into_iter().map(|h| (h, lens.get(&h).copied().unwrap_or(MAX_CHUNK))).collect();
         let app = app.clone();
-        transfer(client, missing, connections, move |c, chunk| {
-            let bytes = app
-                .store
-                .local_chunk(&chunk)
-                .map_err(|e| SyncError::Store(StoreError::io(std::path::Path::new("chunk"), e)))?
-                .ok_or_else(|| StoreError::MissingContent(chunk.to_hex()))?;
-            c.put_chunk(chunk, &bytes)?;
-            app.metrics.sync_chunks_out.inc();
-            app.metrics.sync_chunk_bytes_out.add(bytes.len() as u64);
+        transfer(client, batches(sized), connections, move |c, batch| {
+            let mut framed = Vec::with_capacity(CHUNK_BATCH_BYTES + 4096);
+            for (chunk, _) in &batch {
+                let bytes = app
+                    .store
+                    .local_chunk(chunk)
+                    .map_err(|e| SyncError::Store(StoreError::io(std::path::Path::new("chunk"), e)))?
+                    .ok_or_else(|| StoreError::MissingContent(chunk.to_hex()))?;
+                app.metrics.sync_chunk_bytes_out.add(bytes.len() as u64);
+                frame(&mut framed, chunk, &bytes);
+            }
+            c.put_chunks(&framed)?;
+            app.metrics.sync_chunks_out.add(batch.len() as u64);
             Ok(())
         })
         .await?;
@@ -177,16 +184,37 @@ async fn fetch_content(
     let count = missing.len();
     let wanted: Vec<(Hash, u32)> = missing.into_iter().map(|h| (h, lens.get(&h).copied().unwrap_or(0))).collect();
     let app2 = app.clone();
-    transfer(client, wanted, connections, move |c, (chunk, len)| {
-        let bytes = c.get_chunk(chunk, len)?;
-        app2.store.chunk_stage().put(&chunk, &bytes)?;
-        app2.metrics.sync_chunks_in.inc();
-        app2.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
-        Ok(())
+    transfer(client, batches(wanted), connections, move |c, batch| {
+        c.get_chunks(&batch, &mut |chunk, bytes| {
+            app2.store.chunk_stage().put(&chunk, &bytes)?;
+            app2.metrics.sync_chunks_in.inc();
+            app2.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
+            Ok(())
+        })
     })
     .await?;
     store.assemble(&manifest).await?;
     Ok(count)
+}
+
+/// Groups chunks into batches of about `CHUNK_BATCH_BYTES`, in file order.
+fn batches(chunks: Vec<(Hash, u32)>) -> Vec<Vec<(Hash, u32)>> {
+    let mut out: Vec<Vec<(Hash, u32)>> = Vec::new();
+    let mut bytes = 0usize;
+    for chunk in chunks {
+        let full = out.last().is_none_or(|b| bytes >= CHUNK_BATCH_BYTES || b.len() >= CHUNK_BATCH_COUNT);
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += chunk.1 as usize;
+        if let Some(batch) = out.last_mut() {
+            batch.push(chunk);
+        }
+    }
+    // Workers take batches from the end: reversed, the file goes out in order.
+    out.reverse();
+    out
 }
 
 /// Runs `each` over `items` on `connections` blocking threads; the first failure stops the others.

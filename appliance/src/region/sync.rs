@@ -137,6 +137,13 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
             };
             Ok(binary(bytes))
         }
+        (Method::POST, "have") => {
+            // Says only whether contents the box names are here, not what they are: the box has them.
+            let ask: protocol::Have = read_json(req, idle).await?;
+            let files =
+                ask.files.into_iter().filter(|h| Hash::from_hex(h).is_some_and(|h| store.has_blob(h))).collect();
+            Ok(json(StatusCode::OK, &protocol::Have { files }))
+        }
         (Method::POST, "chunks") => {
             let list: protocol::ChunkList = read_json(req, idle).await?;
             if list.chunks.len() > protocol::CHUNK_BATCH_COUNT {

@@ -82,6 +82,11 @@ impl Client {
         self.post_json("pull", pull)
     }
 
+    /// Which of these whole files the region holds already.
+    pub fn have(&self, have: &protocol::Have) -> Result<protocol::Have, SyncError> {
+        self.post_json("have", have)
+    }
+
     /// Offers a file's manifest (a delta against `base` when given); the gateway says what it lacks.
     pub fn content(&self, manifest: &[u8], base: Option<Hash>) -> Result<ContentReply, SyncError> {
         let url = self.url("content");

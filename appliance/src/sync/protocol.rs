@@ -6,6 +6,7 @@
 //! | `POST hello` | [`Hello`]: the box's replica id and high-water marks | [`HelloReply`]: the region's |
 //! | `POST push` | [`Push`]: changes the region lacks (their contents sent first) | [`PushReply`] |
 //! | `POST pull` | [`Pull`]: the box's high-water marks | [`PullReply`]: changes the box lacks |
+//! | `POST have` | [`Have`]: file hashes | [`Have`]: those the region holds already |
 //! | `POST content` | a manifest (binary; a delta if `x-relais-base` names its base) | [`ContentReply`] |
 //! | `GET manifest/<hash>[?base=<hash>]` | | the manifest of a file offered by `pull` (binary) |
 //! | `POST chunks` | [`ChunkList`] of chunks of manifests served to this box | those chunks, framed ([`frame`]) |
@@ -71,6 +72,12 @@ pub struct Pull {
 pub struct PullReply {
     pub changes: Vec<Change>,
     pub more: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Have {
+    /// Hex hashes of whole files.
+    pub files: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! anywhere (link, kill, full disk) is just run again: staged chunks stay, so at most the chunks in flight
 //! cross twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +16,7 @@ use crate::store::{Hash, StoreError};
 use crate::sync::chunk::Manifest;
 use crate::sync::chunk::MAX_CHUNK;
 use crate::sync::client::{Client, SyncError};
-use crate::sync::protocol::{frame, Hello, Pull, Push, BATCH, CHUNK_BATCH_BYTES, CHUNK_BATCH_COUNT};
+use crate::sync::protocol::{self, frame, Hello, Pull, Push, BATCH, CHUNK_BATCH_BYTES, CHUNK_BATCH_COUNT};
 
 /// What a session did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,10 +49,18 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
         if batch.is_empty() {
             break;
         }
+        // Contents the region holds already (the same file elsewhere, a copy in another class) cost one
+        // question for the whole batch; each other content is sent once, however many files share it.
+        let contents: Vec<String> = batch.iter().filter_map(|c| c.record.content()).map(|(h, _)| h.to_hex()).collect();
+        let ask = protocol::Have { files: contents.clone() };
+        let held = if contents.is_empty() { Vec::new() } else { blocking(&client, move |c| c.have(&ask)).await?.files };
+        let mut present: HashSet<Hash> = held.iter().filter_map(|h| Hash::from_hex(h)).collect();
         for change in &batch {
             if let Some((hash, _)) = change.record.content() {
-                let prev = change.version.prev.as_deref().and_then(Hash::from_hex).filter(|p| *p != hash);
-                report.chunks_up += send_content(app, &client, hash, prev, connections).await?;
+                if present.insert(hash) {
+                    let prev = change.version.prev.as_deref().and_then(Hash::from_hex).filter(|p| *p != hash);
+                    report.chunks_up += send_content(app, &client, hash, prev, connections).await?;
+                }
             }
         }
         let push = Push { changes: batch.clone() };

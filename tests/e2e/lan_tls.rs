@@ -136,6 +136,9 @@ fn a_box_before_provisioning_serves_https_with_a_stable_self_signed_certificate(
     let cookie = session_set_cookie(&resp).expect("a session cookie");
     assert!(cookie.split(';').any(|a| a.trim() == "Secure"), "Secure cookie under TLS: {cookie}");
     assert_eq!(client.me()["login"], "admin");
+    let page = relais.anonymous().with_tls(tls.clone()).call("GET", "/connexion").expect_status(200);
+    let csrf = page.header("set-cookie").expect("the login form's CSRF cookie");
+    assert!(csrf.split(';').any(|a| a.trim() == "Secure"), "the login form's cookie is Secure too: {csrf}");
     assert!(resp.header("strict-transport-security").is_none(), "no HSTS with a self-signed certificate");
     assert_eq!(client.call("GET", "/ca.crt").expect_status(200).body, ca.body, "/ca.crt over HTTPS is the same");
     // A client with only the public roots does not trust the box.

@@ -212,7 +212,10 @@ fn login_page(ctx: &Ctx, headers: &HeaderMap, status: StatusCode, error: Option<
     set(
         &mut resp,
         header::SET_COOKIE,
-        &format!("{LOGIN_CSRF_COOKIE}={token}; Path=/connexion; HttpOnly; SameSite=Strict"),
+        &format!(
+            "{LOGIN_CSRF_COOKIE}={token}; Path=/connexion; HttpOnly; SameSite=Strict{}",
+            if ctx.conn.tls { "; Secure" } else { "" }
+        ),
     );
     resp
 }

@@ -331,6 +331,16 @@ impl App {
     /// Imports directory exports (each an uploaded file on disk, with the name the client gave if any):
     /// all-or-nothing, with a snapshot for undo. The report lists every problem when nothing was changed.
     pub async fn import(self: &Arc<Self>, uploads: Vec<(Option<String>, PathBuf)>) -> Result<Report, StoreError> {
+        self.import_for(uploads, None).await
+    }
+
+    /// As `import`, for one school's people at the region (`school`: its UAI): only that school's accounts
+    /// are matched and marked leaving, and every login of the region counts as taken.
+    pub async fn import_for(
+        self: &Arc<Self>,
+        uploads: Vec<(Option<String>, PathBuf)>,
+        school: Option<String>,
+    ) -> Result<Report, StoreError> {
         let max_expanded = self.config.directory.max_import_size.0.saturating_mul(8);
         let files = tokio::task::spawn_blocking(move || {
             uploads.iter().flat_map(|(name, path)| upload::read(name.as_deref(), path, max_expanded)).collect()
@@ -339,9 +349,16 @@ impl App {
         .map_err(|e| StoreError::io(Path::new("import"), std::io::Error::other(e)))?;
         let now = store::now_ms();
         let app = self.clone();
-        let plan = tokio::task::spawn_blocking(move || import::plan(&app.store, files, now))
-            .await
-            .map_err(|e| StoreError::io(Path::new("import"), std::io::Error::other(e)))?;
+        let of = school.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            import::plan(&SchoolAccounts { store: &app.store, school: of.as_deref() }, files, now)
+        })
+        .await
+        .map_err(|e| StoreError::io(Path::new("import"), std::io::Error::other(e)))?;
+        let mut plan = plan;
+        for user in &mut plan.changes {
+            user.school.clone_from(&school);
+        }
         if plan.report.errors.is_empty() {
             self.store.apply_directory(&plan.changes).await?;
             let r = &plan.report;
@@ -362,5 +379,27 @@ impl App {
     pub fn purge_sessions(&self) -> Result<usize, StoreError> {
         let now = store::now_ms();
         self.store.purge_sessions(|s| s.expired(now))
+    }
+}
+
+/// The accounts of one school (all of a box's; one UAI's at the region), for a directory import.
+struct SchoolAccounts<'a> {
+    store: &'a Store,
+    school: Option<&'a str>,
+}
+
+impl import::Accounts for SchoolAccounts<'_> {
+    fn for_each(&self, f: &mut dyn FnMut(&User)) -> Result<(), String> {
+        self.store
+            .for_each_user(&mut |u| {
+                if u.school.as_deref() == self.school {
+                    f(u);
+                }
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn get(&self, login: &str) -> Result<Option<User>, String> {
+        self.store.user(login).map_err(|e| e.to_string())
     }
 }

@@ -200,3 +200,54 @@ fn a_box_reaches_only_its_own_school() {
         other => panic!("a client without a box certificate must get 401, got {:?}", other.map(|r| r.status())),
     }
 }
+
+#[test]
+fn the_region_imports_a_schools_directory_and_it_flows_down() {
+    let mut region = Region::init(None);
+    region.serve();
+    let relais = replicating_box(&region.bundle(UAI, "École des Tilleuls", None, &[]));
+    wait_enrolled(&relais);
+    let logs = || format!("box:\n{}\nregion:\n{}", relais.stderr_tail(), region.stderr_tail());
+    let export =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/directory/generic/eleves.csv"))
+            .expect("fixture");
+    let mut admin = region.client();
+    assert_eq!(admin.login("admin", ADMIN_PASSWORD).status, 200);
+    let import = |uai: &str, export: &[u8]| {
+        let req = admin.request("POST", &format!("/api/admin/import?uai={uai}&file=eleves.csv"));
+        Client::send(req, Some(export))
+    };
+    let report = import(UAI, &export).expect_status(200).json();
+    let created = report["created"].as_u64().expect("created");
+    assert!(created > 0, "{report}");
+    // Logins are unique across the region: an export imposing a login another school uses is refused whole,
+    // naming it; people without an imposed login get a free one.
+    let refused = import(OTHER_UAI, &export);
+    assert_eq!(refused.status, 422);
+    assert!(refused.text().contains("zoe.dupont"), "{}", refused.text());
+    let names = "Nom de famille,Prénom,Classe,Profil\nDupont,Zoé,CM2,élève\nLe Goff,Maël,CM2,élève\n";
+    let other = import(OTHER_UAI, names.as_bytes()).expect_status(200).json();
+    assert_eq!(other["created"].as_u64(), Some(2), "{other}");
+    let logins = |uai: &str| -> Vec<String> {
+        let users = admin.call("GET", &format!("/api/admin/users?uai={uai}")).expect_status(200).json();
+        users.as_array().into_iter().flatten().filter_map(|u| u["login"].as_str().map(String::from)).collect()
+    };
+    let (ours, theirs) = (logins(UAI), logins(OTHER_UAI));
+    assert_eq!(ours.len() as u64, created);
+    assert!(ours.iter().all(|l| !theirs.contains(l)), "two schools share a login: {ours:?} / {theirs:?}");
+
+    // The school's people reach its box, and only them.
+    let box_admin = relais.admin();
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let users = box_admin.call("GET", "/api/admin/users").expect_status(200).json();
+        let on_box: Vec<String> =
+            users.as_array().into_iter().flatten().filter_map(|u| u["login"].as_str().map(String::from)).collect();
+        if ours.iter().all(|l| on_box.contains(l)) {
+            assert!(theirs.iter().all(|l| !on_box.contains(l)), "another school's people reached the box");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the directory never reached the box: {on_box:?}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -70,11 +70,11 @@ fn classes_of(p: &Person) -> Vec<String> {
 }
 
 /// Picks a free login: `base`, then `base2`, `base3`…
-fn free_login(base: &str, taken: &HashSet<String>) -> String {
-    if !taken.contains(base) {
+fn free_login(base: &str, taken: &dyn Fn(&str) -> bool) -> String {
+    if !taken(base) {
         return base.to_string();
     }
-    (2..).map(|n| format!("{base}{n}")).find(|l| !taken.contains(l)).unwrap_or_else(|| base.to_string())
+    (2..).map(|n| format!("{base}{n}")).find(|l| !taken(l)).unwrap_or_else(|| base.to_string())
 }
 
 fn generated_login(p: &Person) -> String {
@@ -94,6 +94,8 @@ fn generated_login(p: &Person) -> String {
 /// The box's accounts as `plan` reads them: one pass over all of them, then fetches by login. A region
 /// holds 100 000 accounts: `plan` keeps only their logins and external ids in memory, not the accounts.
 /// A read failure is an error, never "no such account": planning on a partial view would duplicate people.
+/// The accounts an import manages (`for_each`: matched by id, marked leaving when missing from a complete
+/// export) and every login in use (`get`: at the region, other schools' people too).
 pub trait Accounts {
     fn for_each(&self, f: &mut dyn FnMut(&User)) -> Result<(), String>;
     fn get(&self, login: &str) -> Result<Option<User>, String>;
@@ -171,6 +173,9 @@ pub fn plan(existing: &(impl Accounts + ?Sized), files: Vec<Parsed>, now: i64) -
         return unreadable(e);
     }
 
+    // A login used outside the accounts this import manages (another school's, at the region) is taken too.
+    let elsewhere = |login: &str| existing.get(login).ok().flatten().is_some();
+
     // Logins: kept for known people, imposed by the export, or generated.
     let mut logins: Vec<String> = Vec::with_capacity(people.len());
     for p in &people {
@@ -184,7 +189,7 @@ pub fn plan(existing: &(impl Accounts + ?Sized), files: Vec<Parsed>, now: i64) -
                     format!("identifiant de connexion « {wanted} » invalide (lettres minuscules, chiffres, . - _)"),
                 ));
                 String::new()
-            } else if taken.contains(wanted) {
+            } else if taken.contains(wanted) || elsewhere(wanted) {
                 let owner = match existing.get(wanted) {
                     Ok(Some(u)) => u.display_name,
                     _ => "une autre personne".to_string(),
@@ -205,7 +210,7 @@ pub fn plan(existing: &(impl Accounts + ?Sized), files: Vec<Parsed>, now: i64) -
                 errors.push(issue(&p.origin, "nom", "nom et prénom vides : impossible de créer un identifiant".into()));
                 String::new()
             } else {
-                let login = free_login(&base, &taken);
+                let login = free_login(&base, &|l| taken.contains(l) || elsewhere(l));
                 taken.insert(login.clone());
                 login
             }

@@ -67,13 +67,21 @@ pub async fn users(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
 /// every problem and nothing changed if anything is wrong.
 pub async fn import(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     ctx.require_admin(req.headers())?;
-    let name = req
-        .uri()
-        .query()
-        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "file").map(|(_, v)| v.into_owned()));
+    let req_query = req.uri().query().unwrap_or("").to_owned();
+    let name = query_param(&req_query, "file");
     let idle = ctx.app.config.limits.body_idle_timeout.0;
     let path = receive(ctx, body::stream(req.into_body(), idle), &mut 0).await?;
-    let report = ctx.app.import(vec![(name, path.clone())]).await;
+    // At the gateway, `?uai=` names the school whose people the export lists.
+    let uai = query_param(&req_query, "uai");
+    if let Some(uai) = uai.as_deref() {
+        if ctx.app.region.is_none() || !firmware_config::is_uai(uai) {
+            let _ = std::fs::remove_file(&path);
+            return Err(ApiError::BadRequest(format!(
+                "« uai={uai} » : seule la passerelle régionale importe pour un UAI valide"
+            )));
+        }
+    }
+    let report = ctx.app.import_for(vec![(name, path.clone())], uai).await;
     let _ = std::fs::remove_file(&path);
     let report = report?;
     let status = if report.errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
@@ -139,4 +147,8 @@ pub async fn create(ctx: &Ctx, new: NewUser) -> Result<User, ApiError> {
         Err(StoreError::Exists) => Err(ApiError::Conflict(format!("l'identifiant « {login} » existe déjà"))),
         Err(e) => Err(e.into()),
     }
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }

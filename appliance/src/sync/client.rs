@@ -122,6 +122,7 @@ impl Client {
     /// caller), so a cut mid-batch keeps what arrived.
     pub fn get_chunks(
         &self,
+        class: Class,
         chunks: &[(Hash, u32)],
         each: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
     ) -> Result<(), SyncError> {
@@ -141,7 +142,7 @@ impl Client {
         let mut piece = vec![0u8; 16 << 10];
         loop {
             // The scheduler paces reading; TCP's window then paces the sender.
-            self.scheduler.acquire(Class::Replication, Direction::Down, piece.len() as u64);
+            self.scheduler.acquire(class, Direction::Down, piece.len() as u64);
             let n = reader
                 .read(&mut piece)
                 .map_err(|e| SyncError::Transport { url: url.clone(), message: e.to_string() })?;

@@ -17,6 +17,7 @@ use crate::sync::chunk::Manifest;
 use crate::sync::chunk::MAX_CHUNK;
 use crate::sync::client::{Client, SyncError};
 use crate::sync::protocol::{self, frame, Hello, Pull, Push, BATCH, CHUNK_BATCH_BYTES, CHUNK_BATCH_COUNT};
+use crate::uplink::Class;
 
 /// What a session did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -89,7 +90,8 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
             if let Some((hash, _)) = change.record.content() {
                 if !store.has_blob(hash) {
                     let base = local_base(app, change)?;
-                    report.chunks_down += fetch_content(app, &client, hash, base, connections).await?;
+                    let class = class_of(change);
+                    report.chunks_down += fetch_content(app, &client, hash, base, class, connections).await?;
                 }
             }
         }
@@ -103,6 +105,17 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
         }
     }
     Ok(report)
+}
+
+/// Resources the region publishes for every school (`school/ressources/`) are bulk material that nobody is
+/// waiting for: they come down as prefetch, behind the school's own work and what users are waiting on.
+fn class_of(change: &Change) -> Class {
+    match &change.record {
+        Record::File { path, .. } if path.len() > 2 && path[0] == "school" && path[1] == "ressources" => {
+            Class::Prefetch
+        }
+        _ => Class::Replication,
+    }
 }
 
 /// The content the box holds at the changed path: what the region's new version most likely shares chunks
@@ -178,6 +191,7 @@ async fn fetch_content(
     client: &Arc<Client>,
     hash: Hash,
     base: Option<Hash>,
+    class: Class,
     connections: usize,
 ) -> Result<usize, SyncError> {
     let store = &app.store;
@@ -193,7 +207,7 @@ async fn fetch_content(
     let wanted: Vec<(Hash, u32)> = missing.into_iter().map(|h| (h, lens.get(&h).copied().unwrap_or(0))).collect();
     let app2 = app.clone();
     transfer(client, batches(wanted), connections, move |c, batch| {
-        c.get_chunks(&batch, &mut |chunk, bytes| {
+        c.get_chunks(class, &batch, &mut |chunk, bytes| {
             app2.store.chunk_stage().put(&chunk, &bytes)?;
             app2.metrics.sync_chunks_in.inc();
             app2.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);

@@ -51,6 +51,14 @@ pub struct Replication {
     pub last_success: Option<String>,
     pub last_error: Option<String>,
     pub backlog: Backlog,
+    /// Bytes per second each way during the last session that moved contents.
+    pub rate: Rate,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rate {
+    pub up: u64,
+    pub down: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -148,6 +156,7 @@ pub fn gather(sources: &Sources<'_>) -> Status {
         }
         r.backlog.down_changes = sync.down_changes;
         r.backlog.down_bytes = sync.down_bytes;
+        r.rate = Rate { up: sync.rate_up, down: sync.rate_down };
         // The last exchange decides: replication talks to the gateway far more often than enrollment.
         let last_sync = sync.last_success.max(sources.enroll.as_ref().and_then(|e| e.last_success));
         if let Some(at) = last_sync {
@@ -209,13 +218,18 @@ pub fn render(s: &Status) -> String {
         let b = &s.replication.backlog;
         let _ = writeln!(
             out,
-            "  replication   backlog {} changes / {} up, {} changes / {} down; last success {}",
+            "  replication   backlog {} changes / {} up, {} changes / {} down; last success {}; rate {}/s up, {}/s down",
             b.up_changes,
             bytes(b.up_bytes),
             b.down_changes,
             bytes(b.down_bytes),
             s.replication.last_success.as_deref().unwrap_or("never"),
+            bytes(s.replication.rate.up),
+            bytes(s.replication.rate.down),
         );
+        if let Some(error) = &s.replication.last_error {
+            let _ = writeln!(out, "  sync error    {error}");
+        }
     }
     let _ = writeln!(out, "  disk          {} of contents, {} free", bytes(s.disk.used), bytes(s.disk.free));
     let _ = writeln!(out, "  accounts      {}", s.accounts);

@@ -140,10 +140,20 @@ fn files_and_people_flow_both_ways_and_concurrent_edits_keep_both() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    // The status says when the last session succeeded.
+    // The status says when the last session succeeded, what waits, and how fast the last transfer went.
+    // (A resolution made at school is the box's own change: the next session carries it up.)
+    wait_until("nothing left to send", CONVERGE, || {
+        admin.call("GET", "/api/admin/status").json()["replication"]["backlog"]["up_changes"] == 0
+    });
     let status = admin.call("GET", "/api/admin/status").expect_status(200).json();
     assert!(status["replication"]["last_success"].is_string(), "{status}");
     assert_eq!(status["uplink"], "online", "{status}");
+    assert!(status["replication"]["rate"]["up"].as_u64() > Some(0), "{status}");
+    let home = admin.call("GET", "/accueil").expect_status(200).text();
+    assert!(home.contains("Synchronisation") && home.contains("dernière réussie"), "the admin page shows it");
+    let metrics = relais.anonymous().call("GET", "/metrics").expect_status(200).text();
+    assert!(metrics.contains("relais_sync_sessions_total{outcome=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("relais_sync_backlog_changes{direction=\"up\"} 0"), "{metrics}");
 }
 
 #[test]

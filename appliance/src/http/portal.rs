@@ -402,6 +402,17 @@ fn box_status(s: &crate::status::Status) -> Markup {
                 dt { "Certificat" } dd { (certificate) }
                 @if s.role == "box" {
                     dt { "Liaison avec la région" } dd { (uplink) }
+                    @if !s.gateway.is_empty() {
+                        dt { "Synchronisation" }
+                        dd {
+                            "dernière réussie : " (s.replication.last_success.as_deref().unwrap_or("jamais"))
+                            " ; en attente : " (s.replication.backlog.up_changes) " changement(s) ("
+                            (crate::status::bytes(s.replication.backlog.up_bytes)) ") vers la région, "
+                            (s.replication.backlog.down_changes) " (" (crate::status::bytes(s.replication.backlog.down_bytes))
+                            ") depuis la région"
+                            @if let Some(error) = &s.replication.last_error { br; "dernière erreur : " (error) }
+                        }
+                    }
                 }
                 dt { "Disque" } dd { (crate::status::bytes(s.disk.used)) " de fichiers, " (crate::status::bytes(s.disk.free)) " libres" }
                 dt { "Version" } dd { "relais " (s.version) }

@@ -41,6 +41,9 @@ pub struct SyncStatus {
     pub conflicts: u64,
     pub chunks_up: u64,
     pub chunks_down: u64,
+    /// Bytes per second through the uplink during the last session that moved data, each way.
+    pub rate_up: u64,
+    pub rate_down: u64,
 }
 
 #[derive(Clone)]
@@ -94,6 +97,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHan
                 }
             };
             set(&status, |s| s.last_attempt = Some(identity::unix_now()));
+            let (started, before) = (std::time::Instant::now(), scheduler.granted());
             let outcome = tokio::select! {
                 outcome = session::run(&app, client, connections) => outcome,
                 _ = stop.changed() => return,
@@ -112,7 +116,15 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHan
                             report.chunks_down
                         );
                     }
+                    let after = scheduler.granted();
+                    let secs = started.elapsed().as_secs_f64().max(0.001);
+                    let moved = (after.0 - before.0, after.1 - before.1);
                     set(&status, |s| {
+                        // Hello and empty batches alone say nothing of the line: keep the last real figure.
+                        if report.chunks_up + report.chunks_down > 0 {
+                            s.rate_up = (moved.0 as f64 / secs) as u64;
+                            s.rate_down = (moved.1 as f64 / secs) as u64;
+                        }
                         s.last_success = Some(identity::unix_now());
                         s.last_error = None;
                         s.failures = 0;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::versions;
 use super::{decode, encode, entry_key, Entry, Hash, Staged, Store, StoreError, BATCH};
 use crate::account::User;
 
@@ -221,9 +222,46 @@ impl Store {
             batch.insert(owner.as_bytes(), &bytes.to_be_bytes());
         }
         self.usage.apply_batch(batch)?;
+        self.stamp_all()?;
         self.db.flush()?;
         loaded.blobs = refs.into_keys().collect();
         Ok(loaded)
+    }
+
+    /// Records every account and file as a change of this (new) replica: a restored box is a new replica,
+    /// and what it holds travels to the region like any local change — where the region has the same, the
+    /// versions merge; where it differs, both are kept.
+    fn stamp_all(&self) -> Result<(), StoreError> {
+        let mut counter = super::counter(self.meta.get(versions::COUNTER)?);
+        let mut stamp = |record: Vec<u8>, partition: String| -> Result<(), StoreError> {
+            counter += 1;
+            let version = versions::Version {
+                vv: std::iter::once((self.me.clone(), counter)).collect(),
+                writer: self.me.clone(),
+                counter,
+                part: partition.clone(),
+                deleted: None,
+                prev: None,
+            };
+            self.journal.insert(versions::journal_key(&partition, &self.me, counter), record.as_slice())?;
+            self.versions.insert(record, encode(&version))?;
+            Ok(())
+        };
+        for kv in self.users.iter() {
+            let (k, v) = kv?;
+            let user: User = decode(&k, &v)?;
+            stamp(versions::user_key(&user.login), user.school.unwrap_or_default())?;
+        }
+        for kv in self.entries.iter() {
+            let (k, _) = kv?;
+            let partition = match super::sync::path_of_key(&k) {
+                Some(path) => versions::partition_of(&path).to_owned(),
+                None => String::new(),
+            };
+            stamp(versions::file_key(&k), partition)?;
+        }
+        self.meta.insert(versions::COUNTER, &counter.to_be_bytes())?;
+        Ok(())
     }
 
     /// Makes a staged upload a blob, without any file pointing to it yet (restore).

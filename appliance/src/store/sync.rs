@@ -521,7 +521,7 @@ pub fn conflict_name(name: &str, modified_ms: i64, side: &str) -> String {
 }
 
 /// The tree path of an entry key (`parent NUL name`).
-fn path_of_key(key: &[u8]) -> Option<Vec<String>> {
+pub(super) fn path_of_key(key: &[u8]) -> Option<Vec<String>> {
     let i = key.iter().position(|&b| b == 0)?;
     let parent = std::str::from_utf8(&key[..i]).ok()?;
     let name = std::str::from_utf8(&key[i + 1..]).ok()?;

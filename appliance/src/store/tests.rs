@@ -218,6 +218,10 @@ async fn a_snapshot_loads_into_an_empty_store_with_usage_and_references_recomput
     assert_eq!(copy.list(&p("users/lea")).expect("list").len(), 2);
     assert!(copy.user("lea").expect("user").is_some());
     assert_ne!(copy.replica_id().expect("id"), store.replica_id().expect("id"));
+    // Everything a restored store holds is its own change, to be offered to the region as such.
+    let offered = copy.changes_since("", &[], &std::collections::BTreeMap::new(), 100).expect("changes");
+    assert_eq!(offered.len(), 8, "one account and seven entries");
+    assert!(offered.iter().all(|c| c.version.writer == copy.replica_id().expect("id")));
     // A store that holds data already is never loaded into.
     let again = copy.load(open(&snapshot.users), open(&snapshot.entries));
     assert!(matches!(again, Err(StoreError::Exists)));

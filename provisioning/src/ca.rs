@@ -1,5 +1,6 @@
 //! The regional certificate authority: a root, three intermediates (box clients, LAN servers, the gateway),
-//! issuance from CSRs bound to a UAI, the index of what was issued, revocation and the CRL.
+//! issuance from CSRs bound to a UAI, the index of what was issued, revocation and one CRL per authority
+//! (where each is published and why: `crl.rs`).
 //!
 //! Every private key is generated where it is used: the CA's own keys here, each box's key on the box
 //! ([`crate::BoxKey`]). Only CSRs and certificates travel.
@@ -12,14 +13,15 @@ use std::time::{Duration, SystemTime};
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertificateSigningRequestParams,
-    DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyIdMethod, KeyPair,
-    KeyUsagePurpose, NameConstraints, PublicKeyData, RevokedCertParams, SanType, SerialNumber,
+    CrlDistributionPoint, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, NameConstraints, PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::clock::{from_unix, to_offset, unix_secs};
+use crate::crl::{self, CrlIssuer, CrlUrlError};
 use crate::disk::{self, DirLock, DiskError, PUBLIC_MODE, SECRET_MODE};
 use crate::index::{CertKind, Index, IssuedRecord};
 
@@ -35,7 +37,8 @@ pub const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86_400
 /// Leaves start this much before issuance: a verifier whose clock is a few minutes behind the CA's must not
 /// see a fresh certificate as "not yet valid". The end is exactly issuance + the validity asked for.
 pub const BACKDATE: Duration = Duration::from_secs(3600);
-/// How long a CRL is declared fresh; the gateway makes a new one on every revocation and daily anyway.
+/// How long a CRL is declared fresh (`nextUpdate`); the gateway serves a new one after every revocation and
+/// at least hourly, and boxes fetch the LAN list daily.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
 /// The URI SAN prefix that binds a box certificate to its school: `urn:relais:uai:0123456A`.
 pub const UAI_URI_PREFIX: &str = "urn:relais:uai:";
@@ -79,6 +82,8 @@ pub enum CaError {
     BadValidity(Duration),
     #[error("no certificate with serial {0} was issued by this CA")]
     UnknownSerial(String),
+    #[error(transparent)]
+    CrlUrl(#[from] CrlUrlError),
 }
 
 /// A certificate just issued.
@@ -105,6 +110,11 @@ struct Meta {
     created_at: u64,
     /// DNS names and IP literals of the gateway, in its certificate and excluded from LAN certificates.
     gateway_names: Vec<String>,
+    /// `http://HOST[:PORT][/PATH]` under which the gateway publishes the lists (`/crl/<issuer>.crl`), written
+    /// into every certificate but the LAN ones; absent in a CA made before it existed, which then uses
+    /// [`crate::default_crl_base`] of its gateway names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crl_base: Option<String>,
 }
 
 /// One CA certificate with its signing key.
@@ -139,9 +149,24 @@ impl fmt::Debug for RegionalCa {
 impl RegionalCa {
     /// Creates a new CA in `dir` (created 0700 if missing): root, the three intermediates, and the gateway's
     /// server certificate for `gateway_names` (DNS names or IP literals) valid [`DEFAULT_LEAF_VALIDITY`].
-    /// Refuses a folder that already holds any of the CA's files.
+    /// Refuses a folder that already holds any of the CA's files. The revocation lists are published under
+    /// `http://<first gateway name>` (see [`RegionalCa::init_with_crl_base`]).
     pub fn init(dir: &Path, gateway_names: &[String]) -> Result<RegionalCa, CaError> {
+        RegionalCa::init_with_crl_base(dir, gateway_names, None)
+    }
+
+    /// As [`RegionalCa::init`], with the base URL of the revocation lists, `http://HOST[:PORT][/PATH]`: where
+    /// the gateway's plain-HTTP listener answers `/crl/<issuer>.crl` for anyone who checks a certificate of the
+    /// region (boxes, users at home, the gateway itself). It is written into every certificate for its whole
+    /// life, so it is chosen once, here; `None` takes `http://<first gateway name>` (port 80).
+    pub fn init_with_crl_base(
+        dir: &Path,
+        gateway_names: &[String],
+        crl_base: Option<&str>,
+    ) -> Result<RegionalCa, CaError> {
         let gateway_names = check_names(gateway_names)?;
+        let crl_base =
+            crl::check_crl_base(&crl_base.map_or_else(|| crl::default_crl_base(&gateway_names), str::to_owned))?;
         disk::create_private_dir(dir)?;
         for file in [META, INDEX, ROOT.0, ROOT.1, BOX_CA.1, LAN_CA.1, GATEWAY_CA.1, GATEWAY] {
             if dir.join(file).symlink_metadata().is_ok() {
@@ -172,6 +197,10 @@ impl RegionalCa {
             // certificate as a box at the gateway.
             params.extended_key_usages = vec![eku];
             params.use_authority_key_identifier_extension = true;
+            // On the gateway: the root's list matters to whoever checks a whole chain, and an intermediate
+            // serves every school at once, so no school's box can stand for it.
+            params.crl_distribution_points =
+                vec![CrlDistributionPoint { uris: vec![crl::crl_url(&crl_base, CrlIssuer::Root)] }];
             if cert_file == LAN_CA.0 {
                 // Defence in depth behind the check in `issue_lan_cert`: even a wrongly issued LAN
                 // certificate for the gateway's name fails verification, so a box can never impersonate
@@ -184,7 +213,7 @@ impl RegionalCa {
             disk::write_new(&dir.join(cert_file), cert.pem().as_bytes(), PUBLIC_MODE)?;
         }
 
-        let meta = Meta { format: 1, created_at: now, gateway_names };
+        let meta = Meta { format: 1, created_at: now, gateway_names, crl_base: Some(crl_base) };
         // ca.json last: it is what `open` looks for, so an interrupted init is never mistaken for a CA.
         disk::write_json(&dir.join(META), &meta)?;
         let ca = RegionalCa::open(dir)?;
@@ -231,11 +260,14 @@ impl RegionalCa {
         let public_key = parse_csr(csr, uai)?;
         let uri = format!("{UAI_URI_PREFIX}{uai}");
         let sans = vec![SanType::URI(uri.try_into().map_err(rcgen_err("UAI URI"))?)];
-        self.issue(CertKind::Box, &public_key, uai, uai, sans, validity)
+        let crl_urls = vec![self.crl_url(CrlIssuer::Box)];
+        self.issue(CertKind::Box, &public_key, uai, uai, sans, crl_urls, validity)
     }
 
     /// Signs a box's HTTPS server certificate for the school LAN, for `names` (DNS names and IP literals).
     /// The gateway's own names are refused: a box must never hold a certificate that passes for the gateway.
+    /// Its CRL distribution points are on the box itself, one per name ([`crate::lan_crl_urls`]): the school's
+    /// PCs check it, and must be able to while the uplink is down.
     pub fn issue_lan_cert(
         &self,
         csr: &[u8],
@@ -249,7 +281,7 @@ impl RegionalCa {
             return Err(CaError::ReservedName(reserved.clone()));
         }
         let public_key = parse_csr(csr, uai)?;
-        self.issue(CertKind::Lan, &public_key, uai, uai, san_list(&names)?, validity)
+        self.issue(CertKind::Lan, &public_key, uai, uai, san_list(&names)?, crl::lan_crl_urls(&names), validity)
     }
 
     /// Issues a new server certificate (and key) for the gateway, with the names given at `init`, and makes
@@ -260,12 +292,16 @@ impl RegionalCa {
         let key = new_key("gateway key")?;
         let names = &self.meta.gateway_names;
         let cn = names.first().cloned().unwrap_or_default();
-        let issued = self.issue(CertKind::Gateway, &key, "", &cn, san_list(names)?, validity)?;
+        let crl_urls = vec![self.crl_url(CrlIssuer::Gateway)];
+        let issued = self.issue(CertKind::Gateway, &key, "", &cn, san_list(names)?, crl_urls, validity)?;
         let pem = format!("{}{}", key.serialize_pem(), issued.chain_pem);
         disk::write_atomic(&self.dir.join(GATEWAY), pem.as_bytes(), SECRET_MODE)?;
         Ok(issued)
     }
 
+    /// Signs one leaf; `crl_urls` are the URIs of its one CRL distribution point (alternatives for the same
+    /// list, tried in order).
+    #[allow(clippy::too_many_arguments)]
     fn issue(
         &self,
         kind: CertKind,
@@ -273,6 +309,7 @@ impl RegionalCa {
         uai: &str,
         common_name: &str,
         sans: Vec<SanType>,
+        crl_urls: Vec<String>,
         validity: Duration,
     ) -> Result<Issued, CaError> {
         if validity.is_zero() || validity > MAX_LEAF_VALIDITY {
@@ -302,6 +339,9 @@ impl RegionalCa {
             CertKind::Lan | CertKind::Gateway => ExtendedKeyUsagePurpose::ServerAuth,
         }];
         params.use_authority_key_identifier_extension = true;
+        if !crl_urls.is_empty() {
+            params.crl_distribution_points = vec![CrlDistributionPoint { uris: crl_urls }];
+        }
         let cert = params.signed_by(public_key, &authority.issuer).map_err(rcgen_err("certificate"))?;
 
         // Recorded before it is handed out: a certificate the index does not know could not be revoked.
@@ -368,20 +408,36 @@ impl RegionalCa {
         Ok(Index::load(&self.dir.join(INDEX))?.certificates.remove(&normalise_hex(serial)))
     }
 
-    /// A fresh X.509 CRL (DER), signed by the box-client intermediate, listing every revoked box certificate
-    /// that has not expired yet. Give it to rustls' `WebPkiClientVerifier` (with
-    /// `only_check_end_entity_revocation()`) so the gateway refuses a revoked box during the TLS handshake;
-    /// rebuild the verifier after each revocation. The CRL number is the issue time in seconds, which only
-    /// grows.
+    /// The box-client intermediate's CRL ([`RegionalCa::crl`] of [`CrlIssuer::Box`]): give it to rustls'
+    /// `WebPkiClientVerifier` (with `only_check_end_entity_revocation()`) so the gateway refuses a revoked box
+    /// during the TLS handshake; rebuild the verifier after each revocation.
+    pub fn crl_der(&self) -> Result<Vec<u8>, CaError> {
+        self.crl(CrlIssuer::Box)
+    }
+
+    /// A fresh X.509 CRL (DER) of one authority, signed by it, listing every certificate it issued that is
+    /// revoked and not expired yet: box client certificates for [`CrlIssuer::Box`], LAN certificates for
+    /// [`CrlIssuer::Lan`], gateway certificates for [`CrlIssuer::Gateway`]; the root's list names revoked
+    /// intermediates, and the index records none (an intermediate is replaced with the whole region), so it is
+    /// empty but signed, which is what a verifier that checks the chain needs. `thisUpdate` is backdated like
+    /// certificates, `nextUpdate` is [`CRL_VALIDITY`] ahead, and the CRL number is the issue time in seconds,
+    /// which only grows. No issuing distribution point: each list is complete for its authority, so it is
+    /// authoritative for every URL its certificates name.
     ///
     /// (Returns a `Result`, not a bare `Vec`: it reads the index and signs, and either can fail.)
-    pub fn crl_der(&self) -> Result<Vec<u8>, CaError> {
+    pub fn crl(&self, issuer: CrlIssuer) -> Result<Vec<u8>, CaError> {
+        let (kind, authority) = match issuer {
+            CrlIssuer::Root => (None, &self.root),
+            CrlIssuer::Box => (Some(CertKind::Box), &self.box_ca),
+            CrlIssuer::Lan => (Some(CertKind::Lan), &self.lan_ca),
+            CrlIssuer::Gateway => (Some(CertKind::Gateway), &self.gateway_ca),
+        };
         let index = Index::load(&self.dir.join(INDEX))?;
         let now = unix_secs(SystemTime::now());
         let mut revoked_certs = Vec::new();
         for (serial, record) in &index.certificates {
             let Some(revoked_at) = record.revoked_at else { continue };
-            if record.kind != CertKind::Box || record.not_after <= now {
+            if Some(record.kind) != kind || record.not_after <= now {
                 continue;
             }
             let bytes = decode_hex(serial).ok_or_else(|| CaError::BadFile {
@@ -403,8 +459,29 @@ impl RegionalCa {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        let crl = params.signed_by(&self.box_ca.issuer).map_err(rcgen_err("CRL"))?;
+        let crl = params.signed_by(&authority.issuer).map_err(rcgen_err("CRL"))?;
         Ok(crl.der().to_vec())
+    }
+
+    /// Where the gateway publishes the lists: `http://HOST[:PORT][/PATH]`, without a trailing `/`.
+    pub fn crl_base(&self) -> String {
+        self.meta.crl_base.clone().unwrap_or_else(|| crl::default_crl_base(&self.meta.gateway_names))
+    }
+
+    /// The URL of one authority's list on the gateway, as written into the certificates it covers (LAN
+    /// certificates name their box instead, see [`crate::lan_crl_urls`]).
+    pub fn crl_url(&self, issuer: CrlIssuer) -> String {
+        crl::crl_url(&self.crl_base(), issuer)
+    }
+
+    /// The certificate of the authority that signs `issuer`'s list, DER.
+    pub fn crl_issuer_cert_der(&self, issuer: CrlIssuer) -> &[u8] {
+        match issuer {
+            CrlIssuer::Root => &self.root.der,
+            CrlIssuer::Box => &self.box_ca.der,
+            CrlIssuer::Lan => &self.lan_ca.der,
+            CrlIssuer::Gateway => &self.gateway_ca.der,
+        }
     }
 
     pub fn root_cert_pem(&self) -> &str {
@@ -525,7 +602,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// PEM text of one DER block: base64 in 64-character lines, as RFC 7468 asks.
-fn pem_encode(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
@@ -722,6 +799,7 @@ mod tests {
                     "0123456A",
                     "0123456A",
                     san_list(&[name.to_owned()])?,
+                    Vec::new(),
                     DEFAULT_LEAF_VALIDITY,
                 )
                 .expect("issue bypassing the policy check");

@@ -2,13 +2,14 @@
 //! enrollment tokens, and the signed provisioning bundles a technician carries to a school.
 //!
 //! No private key ever travels: the CA's keys stay in the CA folder, each box's key is generated on the box
-//! ([`BoxKey`]), and only CSRs, certificates, a CRL and one-time tokens cross the wire or the USB stick.
+//! ([`BoxKey`]), and only CSRs, certificates, CRLs and one-time tokens cross the wire or the USB stick.
 //! Backup archives live with the appliance's store, not here.
 
 mod box_key;
 mod bundle;
 mod ca;
 mod clock;
+mod crl;
 pub mod disk;
 mod index;
 mod self_signed;
@@ -22,6 +23,10 @@ pub use bundle::{
 pub use ca::{
     fingerprint, uai_of_cert, CaError, Issued, RegionalCa, BACKDATE, CRL_VALIDITY, DEFAULT_LEAF_VALIDITY,
     INTERMEDIATE_VALIDITY, MAX_LEAF_VALIDITY, ROOT_VALIDITY, UAI_URI_PREFIX,
+};
+pub use crl::{
+    check_crl, crl_der_of, crl_pem, crl_url, default_crl_base, distribution_points, lan_crl_urls, CrlError, CrlInfo,
+    CrlIssuer, CrlUrlError, CRL_CONTENT_TYPE, CRL_PATH_PREFIX,
 };
 pub use disk::DiskError;
 pub use index::{CertKind, IssuedRecord};

@@ -88,6 +88,10 @@ pub enum RegionAction {
         /// DNS names and IP addresses the gateway answers on (repeat the flag); default: localhost, 127.0.0.1, ::1.
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Where the gateway publishes its revocation lists, http://HOST[:PORT][/PATH] (plain HTTP, written into
+        /// every certificate; serve it with `[lan] http_redirect`); default: http://<first --host>.
+        #[arg(long = "crl-url")]
+        crl_url: Option<String>,
     },
     /// Run the regional gateway: HTTPS portal for users at home, enrollment (EST) for boxes.
     Serve(ServeArgs),

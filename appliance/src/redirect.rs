@@ -1,7 +1,9 @@
 //! The plain-HTTP listener beside LAN HTTPS (`[lan] http_redirect`, e.g. `0.0.0.0:80`): a pupil who types
-//! `ent.0123456a.lan` lands on HTTPS, and a PC that does not trust the box yet can still fetch `/ca.crt`.
+//! `ent.0123456a.lan` lands on HTTPS, a PC that does not trust the box yet can still fetch `/ca.crt`, and a PC
+//! checking the box's certificate finds the revocation list it names (`http://ent.<uai>.lan/crl/lan.crl`).
+//! The gateway runs the same listener: its certificates name `http://<gateway>/crl/…` lists too.
 //!
-//! It serves `/healthz` and `/ca.crt` and answers everything else with `308 Permanent Redirect` to the same
+//! It serves `/healthz`, `/ca.crt` and `/crl/…` and answers everything else with `308 Permanent Redirect` to the same
 //! path on HTTPS (308, not 301: a form posted to the old address is posted again, not turned into a GET). It
 //! never reads a request body and closes each redirected connection, with the main listener's header limits,
 //! so a slow or hostile client costs it nothing more than the main listener.
@@ -88,7 +90,11 @@ pub fn spawn(
     shutdown: Shutdown,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let addr = listener.local_addr()?;
-    let fallback_host = crate::lan_tls::names(&app.config).into_iter().next().unwrap_or_else(|| "localhost".into());
+    let fallback_host = match &app.region {
+        Some(gateway) => gateway.ca.gateway_names().first().cloned(),
+        None => crate::lan_tls::names(&app.config).into_iter().next(),
+    }
+    .unwrap_or_else(|| "localhost".into());
     log::info!("redirecting http://{addr} to HTTPS on port {https_port}");
     let target = Target { https_port, fallback_host };
     Ok((addr, tokio::spawn(run(app, listener, target, shutdown.wait()))))
@@ -131,7 +137,8 @@ async fn run(app: Arc<App>, listener: TcpListener, target: Target, shutdown: imp
     }
 }
 
-/// One request: `/healthz` and `/ca.crt` as on the main listener, a redirect for anything else; one log line.
+/// One request: `/healthz`, `/ca.crt` and `/crl/…` as on the main listener, a redirect for anything else; one
+/// log line.
 async fn serve(
     app: Arc<App>,
     req: Request,
@@ -145,15 +152,8 @@ async fn serve(
     let read_only = method == Method::GET || method == Method::HEAD;
     let mut resp = match path.as_str() {
         "/healthz" if read_only => front::text(StatusCode::OK, "ok"),
-        "/ca.crt" if read_only => {
-            let ctx = Ctx { app: app.clone(), peer, conn, user: None, session: None };
-            front::ca::handle(&ctx).await.unwrap_or_else(|e| {
-                if let front::ApiError::Internal(cause) = &e {
-                    log::error!("{method} {path}: {cause}");
-                }
-                front::text(e.status(), &e.to_string())
-            })
-        }
+        "/ca.crt" if read_only => download(&app, conn, &method, &path).await,
+        p if read_only && front::crl::is_crl_path(p) => download(&app, conn, &method, &path).await,
         _ => {
             let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
             let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -170,6 +170,19 @@ async fn serve(
     let uai = if app.config.identity.uai.is_empty() { "-" } else { &app.config.identity.uai };
     log::info!("{uai} - {} {method} {path} {status} {}ms (http)", peer.ip(), started.elapsed().as_millis());
     Ok(resp)
+}
+
+/// `/ca.crt` or a `/crl/…` list, by the main listener's handlers; a failure as a plain-text status (the cause
+/// of a 500 in the log).
+async fn download(app: &Arc<App>, conn: Arc<Connection>, method: &Method, path: &str) -> Response {
+    let ctx = Ctx { app: app.clone(), peer: conn.peer, conn, user: None, session: None };
+    let answer = if path == "/ca.crt" { front::ca::handle(&ctx).await } else { front::crl::handle(&ctx, path).await };
+    answer.unwrap_or_else(|e| {
+        if let front::ApiError::Internal(cause) = &e {
+            log::error!("{method} {path}: {cause}");
+        }
+        front::text(e.status(), &e.to_string())
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use provisioning::{BundleSpec, RegionalCa};
 
 use crate::app::App;
 use crate::cli::{BundleArgs, RegionAction, ServeArgs};
+use crate::redirect;
 use crate::region::{self, Gateway};
 use crate::server::{self, TlsSource, Transport};
 
@@ -14,7 +15,7 @@ use super::{effective_config, Failure, Outcome};
 
 pub fn run(action: RegionAction) -> Outcome {
     match action {
-        RegionAction::Init { data, hosts } => init(&data, hosts),
+        RegionAction::Init { data, hosts, crl_url } => init(&data, hosts, crl_url.as_deref()),
         RegionAction::Serve(args) => serve(args),
         RegionAction::Bundle(args) => bundle(args),
         RegionAction::Revoke { data, uai, serial } => revoke(&data, uai, serial),
@@ -27,13 +28,14 @@ fn open_ca(data: &Path) -> Result<RegionalCa, Failure> {
     })
 }
 
-fn init(data: &Path, hosts: Vec<String>) -> Outcome {
+fn init(data: &Path, hosts: Vec<String>, crl_url: Option<&str>) -> Outcome {
     let hosts = if hosts.is_empty() { vec!["localhost".into(), "127.0.0.1".into(), "::1".into()] } else { hosts };
     std::fs::create_dir_all(data).map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
-    let ca = RegionalCa::init(&region::ca_dir(data), &hosts).map_err(Failure::input)?;
+    let ca = RegionalCa::init_with_crl_base(&region::ca_dir(data), &hosts, crl_url).map_err(Failure::input)?;
     println!("autorité régionale créée dans {}", region::ca_dir(data).display());
     println!("empreinte (SHA-256) de la racine : {}", ca.root_fingerprint());
     println!("certificat de la passerelle pour : {}", hosts.join(", "));
+    println!("listes de révocation publiées sous {}/crl/ (HTTP, port de [lan] http_redirect)", ca.crl_base());
     println!("à déployer sur les postes des écoles : {}", region::ca_dir(data).join("root.crt").display());
     Ok(())
 }
@@ -57,13 +59,30 @@ fn serve(args: ServeArgs) -> Outcome {
         let (app, admin_password) = App::open_with(config, &data, Some(gateway.clone()))
             .await
             .map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
+        // Plain HTTP beside HTTPS, as on a box: the revocation lists the region's certificates name
+        // (`http://<gateway>/crl/…`), `/ca.crt`, and a redirect to HTTPS for anything else.
+        let redirect = redirect::bind(&app.config.lan, true).await.map_err(Failure::runtime)?;
         let (listener, shutdown) = super::listen(&app, "https", admin_password).await?;
+        let shutdown = server::Shutdown::spawn(shutdown);
+        let redirecting = match redirect {
+            Some(redirect) => {
+                let https_port = listener.local_addr().map_err(Failure::runtime)?.port();
+                let (addr, task) =
+                    redirect::spawn(app.clone(), redirect, https_port, shutdown.clone()).map_err(Failure::runtime)?;
+                println!("redirecting http://{addr}");
+                Some(task)
+            }
+            None => None,
+        };
         let transport = Transport::Tls(Arc::new(GatewaySource(gateway)));
         let (stop_control, control_stopped) = tokio::sync::watch::channel(false);
         let control = super::spawn_control(&app, control_stopped);
-        let served = server::run(app, listener, transport, shutdown).await;
+        let served = server::run(app, listener, transport, shutdown.wait()).await;
         let _ = stop_control.send(true);
         let _ = control.await;
+        if let Some(redirecting) = redirecting {
+            let _ = redirecting.await;
+        }
         served.map_err(Failure::runtime)
     })
 }
@@ -119,5 +138,10 @@ fn revoke(data: &Path, uai: Option<String>, serial: Option<String>) -> Outcome {
         (None, None) => return Err(Failure::input("nommez --uai ou --serial")),
     }
     println!("la passerelle refusera ce certificat à la prochaine connexion");
+    println!(
+        "listes de révocation à jour dès maintenant sous {}/crl/ ; les box serviront la leur (lan.crl) à leurs écoles \
+         dans la journée",
+        ca.crl_base()
+    );
     Ok(())
 }

@@ -7,8 +7,11 @@
 //! - `POST /.well-known/est/simplereenroll` `{"csr","lan_csr","lan_names"}` over mutual TLS with the current
 //!   box certificate → new certificates; the gateway takes the UAI from that certificate.
 //!
-//! Both enrollments answer `{"chain","lan_chain","ca","not_after"}`. Nothing the gateway returns is stored
-//! before [`check_issued`] has verified it against the pinned root, the box's keys and its UAI.
+//! - `GET /crl/lan.crl` → the LAN revocation list (DER), which the box serves to its school's PCs.
+//!
+//! Both enrollments answer `{"chain","lan_chain","ca","not_after","lan_crl"}`. Nothing the gateway returns is
+//! stored before [`check_issued`] has verified it against the pinned root, the box's keys and its UAI (and the
+//! list against the LAN intermediate, in `enroll::crl`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a whole exchange: signing two certificates takes milliseconds, so anything slower is a
 /// broken link, and the daemon's shutdown waits for an exchange in flight.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
-/// The largest answer read: two short chains and a root.
-const MAX_RESPONSE: u64 = 256 * 1024;
+/// The largest answer read: two short chains, a root and a revocation list of a few thousand entries.
+const MAX_RESPONSE: u64 = 1024 * 1024;
 
 /// Why an exchange with the gateway failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,9 @@ pub struct Enrolled {
     /// Unix seconds: expiry of the box certificate (informative: we read the certificate itself).
     #[serde(default)]
     pub not_after: u64,
+    /// The LAN revocation list, PEM; empty from a gateway that sent none.
+    #[serde(default)]
+    pub lan_crl: String,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +167,20 @@ impl Gateway {
         let url = self.url("cacerts");
         let response = self.agent.get(&url).call().map_err(|e| classify(&url, e))?;
         read_text(&url, response)
+    }
+
+    /// One authority's revocation list as the gateway publishes it, DER.
+    pub fn crl(&self, issuer: provisioning::CrlIssuer) -> Result<Vec<u8>, ClientError> {
+        use std::io::Read as _;
+        let url = format!("{}{}", self.base, issuer.path());
+        let response = self.agent.get(&url).call().map_err(|e| classify(&url, e))?;
+        let mut der = Vec::new();
+        response
+            .into_reader()
+            .take(MAX_RESPONSE)
+            .read_to_end(&mut der)
+            .map_err(|e| ClientError::Transport { url: url.clone(), message: e.to_string() })?;
+        Ok(der)
     }
 
     /// First contact: spends the one-time token.
@@ -311,7 +331,13 @@ mod tests {
         let names = vec![format!("ent.{}.lan", uai.to_lowercase())];
         let lan_csr = f.lan_key.csr_pem(uai, CertKind::Lan, &names).expect("lan csr");
         let lan = f.ca.issue_lan_cert(lan_csr.as_bytes(), uai, &names, DEFAULT_LEAF_VALIDITY).expect("lan");
-        Enrolled { chain: chain.chain_pem, lan_chain: lan.chain_pem, ca: f.ca.root_cert_pem().into(), not_after: 0 }
+        Enrolled {
+            chain: chain.chain_pem,
+            lan_chain: lan.chain_pem,
+            ca: f.ca.root_cert_pem().into(),
+            not_after: 0,
+            lan_crl: String::new(),
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! | `token` | 0600 | the one-time enrollment token; deleted once the box is enrolled |
 //! | `box.key` / `box.crt` | 0600 / 0644 | the TLS client key (made on the box) and its chain, leaf first |
 //! | `lan.key` / `lan.crt` | 0600 / 0644 | the LAN HTTPS server key (made on the box) and its chain |
+//! | `lan-ca.crl` | 0644 | the region's LAN revocation list, served to the school's PCs (see `enroll::crl`) |
 //!
 //! Every write is atomic (temporary file created with its final mode, fsync, rename, fsync of the folder), so
 //! a power cut leaves the old file or the new one, and a key is never readable by others, not even briefly.
@@ -293,11 +294,11 @@ pub fn install(data: &Path, what: &Install<'_>) -> Result<KeysMade, IdentityErro
     Ok(made)
 }
 
-/// Removes the certificates (not the keys) of a half-provisioned identity folder: left over from an
-/// interrupted reset, they belong to another school or region.
+/// Removes the certificates and the LAN revocation list (not the keys) of a half-provisioned identity folder:
+/// left over from an interrupted reset, they belong to another school or region.
 pub fn drop_certificates(data: &Path) -> Result<(), IdentityError> {
     let dir = Identity::dir_of(data);
-    for file in [BOX_CERT, LAN_CERT] {
+    for file in [BOX_CERT, LAN_CERT, super::crl::LAN_CRL] {
         remove_if_exists(&dir.join(file))?;
     }
     if dir.exists() {

@@ -4,10 +4,12 @@
 //! - [`identity`]: `<data>/identity/`, the pinned regional root, the UAI, the token, keys and certificates.
 //! - [`apply`]: `relais provision apply`, all or nothing.
 //! - [`client`]: the pinned HTTPS client of the gateway's enrollment endpoints (EST, JSON flavour).
+//! - [`crl`]: the box's copy of the region's LAN revocation list, served to the school's PCs.
 //! - [`worker`]: the background worker of `relais serve` that enrolls and renews.
 
 pub mod apply;
 pub mod client;
+pub mod crl;
 pub mod identity;
 pub mod worker;
 

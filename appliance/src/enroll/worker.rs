@@ -1,6 +1,10 @@
 //! The `enroll` background worker of `relais serve`: enrolls the box at its first contact with the gateway,
 //! then renews both certificates at half-life, retrying with a jittered exponential backoff. It runs beside
 //! the LAN portal and never holds it up; its status is for the admin page and `relais status`.
+//!
+//! It also keeps the box's copy of the LAN revocation list (`enroll::crl`) fresh: with each enrollment and
+//! renewal, at start, and daily in between, so the list the school's PCs fetch from the box stays within its
+//! week of validity whenever the uplink allows.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +24,11 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Shortest pause after a success: a gateway that signs very short certificates must not make us spin.
 const MIN_RENEWAL_WAIT: Duration = Duration::from_secs(10);
+/// How often the LAN revocation list is fetched between renewals: well inside its week of validity, so a
+/// few days without uplink never leave the school's PCs with an expired list.
+const CRL_REFRESH: Duration = Duration::from_secs(86_400);
+/// After a failed fetch of the list, the next try (the list in hand stays good for days).
+const CRL_RETRY: Duration = Duration::from_secs(3600);
 
 /// Why one enrollment attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,8 @@ pub enum WorkerError {
     Csr(#[from] provisioning::BoxKeyError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Crl(#[from] super::crl::CrlCopyError),
     #[error("the enrollment attempt stopped unexpectedly: {0}")]
     Join(String),
 }
@@ -139,6 +150,9 @@ async fn run(
         }
     }
     let mut failures: u32 = 0;
+    // When the LAN revocation list is fetched next: at once for a box already enrolled (its copy may be days
+    // old, or missing after an upgrade), then daily; never while enrollment itself is failing.
+    let mut crl_due = cert.as_ref().map(|_| tokio::time::Instant::now());
     loop {
         let wait = match (&cert, failures) {
             (_, 1..) => backoff(failures),
@@ -149,9 +163,34 @@ async fn run(
         if !wait.is_zero() {
             log::debug!("{uai} next enrollment attempt in {}", humantime::format_duration(wait));
         }
+        let renew_at = tokio::time::Instant::now() + wait;
+        let refresh_at = crl_due.filter(|due| failures == 0 && *due < renew_at);
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(refresh_at.unwrap_or(renew_at)) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        if refresh_at.is_some() {
+            let refresh = tokio::task::spawn_blocking({
+                let job = job.clone();
+                move || refresh_lan_crl(&job)
+            });
+            let result = tokio::select! {
+                joined = refresh => joined.unwrap_or_else(|e| Err(WorkerError::Join(e.to_string()))),
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            };
+            let next = match result {
+                Ok(stored) => {
+                    log_crl(&uai, &stored);
+                    CRL_REFRESH
+                }
+                Err(e) => {
+                    log::warn!("{uai} cannot fetch the LAN revocation list from {}: {e}", job.gateway);
+                    CRL_RETRY
+                }
+            };
+            crl_due = Some(tokio::time::Instant::now() + next);
+            // The renewal's wait is worked out again from the certificate: the time spent here counts.
+            continue;
         }
         let attempt = tokio::task::spawn_blocking({
             let job = job.clone();
@@ -180,6 +219,7 @@ async fn run(
                 });
                 renewed.send_modify(|n| *n = n.wrapping_add(1));
                 cert = Some(info);
+                crl_due = Some(tokio::time::Instant::now() + CRL_REFRESH);
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -260,7 +300,7 @@ fn attempt(job: &Job) -> Result<(CertInfo, bool), WorkerError> {
     let lan_csr = lan_key.csr_pem(&uai, provisioning::CertKind::Lan, &names)?;
     let root = identity.region_ca_pem.clone();
 
-    let (issued, first) = match identity.box_chain_pem()?.filter(|_| identity.is_enrolled()) {
+    let (gateway, issued, first) = match identity.box_chain_pem()?.filter(|_| identity.is_enrolled()) {
         Some(chain) => {
             // Enrolled: a token still on disk is a leftover of a crash after enrollment; it is spent anyway.
             if identity.token()?.is_some() {
@@ -268,13 +308,15 @@ fn attempt(job: &Job) -> Result<(CertInfo, bool), WorkerError> {
             }
             let tls = client::tls_config(&root, Some((&chain, box_key.pkcs8_der())))?;
             let gateway = Gateway::new(&job.gateway, tls);
-            (gateway.reenroll(&ReenrollRequest { csr: &csr, lan_csr: &lan_csr, lan_names: &names })?, false)
+            let issued = gateway.reenroll(&ReenrollRequest { csr: &csr, lan_csr: &lan_csr, lan_names: &names })?;
+            (gateway, issued, false)
         }
         None => {
             let token = identity.token()?.ok_or(WorkerError::NoToken)?;
             let gateway = Gateway::new(&job.gateway, client::tls_config(&root, None)?);
             let request = EnrollRequest { uai: &uai, token: &token, csr: &csr, lan_csr: &lan_csr, lan_names: &names };
-            (gateway.enroll(&request)?, true)
+            let issued = gateway.enroll(&request)?;
+            (gateway, issued, true)
         }
     };
     let url = format!("{}/.well-known/est/", job.gateway.trim_end_matches('/'));
@@ -285,8 +327,38 @@ fn attempt(job: &Job) -> Result<(CertInfo, bool), WorkerError> {
         log::warn!("{uai} the gateway announces another regional root than the pinned one; keeping the pinned root");
     }
     identity.store_certificates(&issued.chain, &issued.lan_chain)?;
+    // The list comes with the certificates; from a gateway that sent none, ask for it. Either way a list that
+    // cannot be had or kept costs the school's PCs a fresh answer, not the box its new certificates.
+    let crl = match provisioning::crl_der_of(issued.lan_crl.as_bytes()) {
+        Ok(der) if !issued.lan_crl.trim().is_empty() => Ok(der),
+        _ => gateway.crl(provisioning::CrlIssuer::Lan).map_err(WorkerError::from),
+    };
+    match crl.and_then(|der| super::crl::store(identity.dir(), &der, &issued.lan_chain).map_err(WorkerError::from)) {
+        Ok(stored) => log_crl(&uai, &stored),
+        Err(e) => log::warn!("{uai} LAN revocation list not updated with the certificates: {e}"),
+    }
     let info = identity.box_cert.clone().ok_or(WorkerError::NotProvisioned)?;
     Ok((info, first))
+}
+
+/// Fetches the LAN revocation list from the gateway and keeps it if it is good and not older than the copy.
+/// Blocking.
+fn refresh_lan_crl(job: &Job) -> Result<super::crl::Stored, WorkerError> {
+    let identity = Identity::load(&job.data)?.ok_or(WorkerError::NotProvisioned)?;
+    let gateway = Gateway::new(&job.gateway, client::tls_config(&identity.region_ca_pem, None)?);
+    let der = gateway.crl(provisioning::CrlIssuer::Lan)?;
+    Ok(super::crl::store_with_chain_on_disk(identity.dir(), &der)?)
+}
+
+fn log_crl(uai: &str, stored: &super::crl::Stored) {
+    match stored {
+        super::crl::Stored::New(info) => log::info!(
+            "{uai} LAN revocation list updated ({} revoked, next update {})",
+            info.revoked.len(),
+            info.next_update.map_or_else(|| "-".into(), super::identity::format_utc)
+        ),
+        super::crl::Stored::Kept(_) => log::debug!("{uai} LAN revocation list unchanged"),
+    }
 }
 
 /// The names of the LAN certificate: `ent.<uai>.lan` first, then the configured `[lan] names`, once each.

@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 pub mod body;
 pub mod ca;
+pub mod crl;
 mod files;
 mod portal;
 pub mod zipstream;
@@ -261,6 +262,7 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok")),
         (&Method::GET | &Method::HEAD, "/ca.crt") => ca::handle(ctx).await,
+        (&Method::GET | &Method::HEAD, p) if crl::is_crl_path(p) => crl::handle(ctx, p).await,
         (&Method::GET, "/metrics") => metrics(ctx, &req),
         (_, p) if p.starts_with(crate::sync::protocol::PREFIX) => match ctx.app.region.clone() {
             Some(gateway) => crate::region::sync::handle(ctx, &gateway, req).await,

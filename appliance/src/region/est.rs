@@ -1,6 +1,7 @@
 //! Enrollment endpoints under `/.well-known/est/`, modelled on EST (RFC 7030) with JSON bodies:
 //! `cacerts` (the regional root), `simpleenroll` (first contact: CSRs + one-time token → certificates bound
 //! to the UAI) and `simplereenroll` (renewal, authenticated by the box's current certificate over mutual TLS).
+//! Both enrollments also hand the box the LAN revocation list, which it serves to its school's PCs.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,6 +40,10 @@ struct Enrolled {
     ca: String,
     /// Unix seconds: when the box certificate expires (it renews at half-life).
     not_after: u64,
+    /// The LAN intermediate's revocation list, PEM (`X509 CRL`), for the box to serve on the school LAN at
+    /// the URL its LAN certificate names; absent if it could not be made (the box fetches it daily anyway).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    lan_crl: String,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -126,6 +131,14 @@ fn issue(
 }
 
 fn enrolled(gateway: &Gateway, chain: provisioning::Issued, lan: provisioning::Issued) -> Response {
+    // The certificates are signed and recorded: a list that cannot be made must not take them back.
+    let lan_crl = match gateway.crls.get(&gateway.ca, provisioning::CrlIssuer::Lan) {
+        Ok(der) => provisioning::crl_pem(&der),
+        Err(e) => {
+            log::error!("{} enrollment: cannot make the LAN revocation list: {e}", lan.uai);
+            String::new()
+        }
+    };
     json(
         StatusCode::OK,
         &Enrolled {
@@ -133,6 +146,7 @@ fn enrolled(gateway: &Gateway, chain: provisioning::Issued, lan: provisioning::I
             chain: chain.chain_pem,
             lan_chain: lan.chain_pem,
             ca: gateway.ca.root_cert_pem().to_string(),
+            lan_crl,
         },
     )
 }

@@ -1,6 +1,7 @@
 //! The regional gateway: its certificate authority on disk, the TLS configuration that accepts users and
 //! enrolled boxes, and the enrollment endpoints (EST, RFC 7030, in a JSON flavour).
 
+pub mod crl;
 pub mod est;
 pub mod sync;
 pub mod tls;
@@ -23,6 +24,8 @@ pub struct Gateway {
     pub certificate_validity: Duration,
     /// What each school's box may read by hash (see `sync`).
     pub offers: sync::Offers,
+    /// The revocation lists it publishes at `/crl/` (see `crl`).
+    pub crls: crl::Crls,
 }
 
 impl Gateway {
@@ -30,6 +33,6 @@ impl Gateway {
         let dir = ca_dir(data);
         let ca = RegionalCa::open(&dir).map_err(|e| tls::TlsError::Ca(e.to_string()))?;
         let tls = tls::GatewayTls::new(&dir)?;
-        Ok(Gateway { ca, tls, certificate_validity, offers: sync::Offers::default() })
+        Ok(Gateway { ca, tls, certificate_validity, offers: sync::Offers::default(), crls: crl::Crls::default() })
     }
 }

@@ -12,6 +12,9 @@ mod auth;
 mod backup;
 /// Crash safety: SIGKILL during uploads, many times over; every acknowledged upload survives.
 mod crash;
+/// Revocation lists: the gateway's at the URLs its certificates name, a revocation published at once, and the
+/// box's copy of the LAN list served on the school LAN, uplink or not.
+mod crl;
 /// Directory imports: ONDE, AAF and CSV exports over HTTP and the CLI, refusals, moves, leavers, undo, activation.
 mod directory;
 /// Upload and download, ranges, ETags, listings, mkdir and delete, quotas, dedup, restarts, Unicode names, zip.

@@ -127,8 +127,10 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
             }
             let manifest = store.manifest(hash).await.map_err(internal)?.ok_or(ApiError::NotFound)?;
             gateway.offers.with(&uai, |o| o.chunks.extend(manifest.chunks.iter().map(|(h, _)| *h)));
+            // A base not held here (released since, and never indexed) or unreadable: the whole manifest, which
+            // the box tells from a delta by its first byte.
             let base = match query_base(&req) {
-                Some(base) => store.manifest(base).await.map_err(internal)?,
+                Some(base) => store.manifest(base).await.ok().flatten(),
                 None => None,
             };
             let bytes = match &base {

@@ -377,6 +377,15 @@ impl Manifest {
         Manifest { file, size, chunks }.checked()
     }
 
+    /// A manifest asked for as a delta against `base`: the sender answers with a full one when it does not
+    /// hold the base (nothing there may name it any more), so either form is taken, by its first byte.
+    pub fn decode_against(bytes: &[u8], base: Option<&Manifest>) -> Result<Manifest, ChunkError> {
+        match base {
+            Some(base) if bytes.first() == Some(&DELTA) => Manifest::decode_delta(bytes, base),
+            _ => Manifest::decode(bytes),
+        }
+    }
+
     /// Refuses what no chunker produces: empty or over-long chunks, lengths that do not add up to the size.
     fn checked(self) -> Result<Manifest, ChunkError> {
         let mut total = 0u64;
@@ -763,6 +772,19 @@ mod tests {
         long.extend_from_slice(&[0xff; 11]);
         assert!(Manifest::decode(&long).is_err());
         assert!(Manifest::decode_delta(&bytes, &m).is_err(), "a full manifest is not a delta");
+    }
+
+    #[test]
+    fn a_manifest_asked_against_a_base_may_come_whole() {
+        let old = random(300_000, 15);
+        let mut new = old.clone();
+        new.splice(100_000..100_000, random(500, 16));
+        let (base, m) = (manifest(&old), manifest(&new));
+        for bytes in [m.encode_delta(&base), m.encode()] {
+            assert_eq!(Manifest::decode_against(&bytes, Some(&base)).expect("decodes"), m);
+        }
+        assert_eq!(Manifest::decode_against(&m.encode(), None).expect("decodes"), m);
+        assert!(Manifest::decode_against(&m.encode_delta(&base), None).is_err(), "a delta needs its base");
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl Client {
         self.read_json(&url, response)
     }
 
-    /// The manifest of a file the last pull offered, as a delta against `base` when the box has one.
+    /// The manifest of a file the last pull offered, as a delta against `base` when the box has one and the
+    /// gateway holds it too.
     pub fn manifest(&self, file: Hash, base: Option<&Manifest>) -> Result<Manifest, SyncError> {
         let mut url = self.url(&format!("manifest/{}", file.to_hex()));
         if let Some(base) = base {
@@ -107,11 +108,9 @@ impl Client {
         }
         let response = self.agent.get(&url).call().map_err(|e| classify(&url, e))?;
         let bytes = self.read_bytes(&url, response, protocol::MAX_JSON)?;
-        let manifest = match base {
-            Some(base) => Manifest::decode_delta(&bytes, base),
-            None => Manifest::decode(&bytes),
-        }
-        .map_err(|e| SyncError::BadResponse { url: url.clone(), message: e.to_string() })?;
+        // A whole manifest when the gateway no longer holds the base (released there since, and never indexed).
+        let manifest = Manifest::decode_against(&bytes, base)
+            .map_err(|e| SyncError::BadResponse { url: url.clone(), message: e.to_string() })?;
         if manifest.file != file {
             return Err(SyncError::BadResponse { url, message: "a manifest of another file".into() });
         }

@@ -66,6 +66,9 @@ pub enum ApiError {
     ActivationRequired,
     #[error("{0}")]
     EnrollmentRefused(String),
+    /// This server's disk is full (not a user's quota): logged for the operator, worth retrying later.
+    #[error("{0}")]
+    DiskFull(String),
     #[error("erreur interne du serveur : l'administrateur trouvera la cause dans le journal")]
     Internal(String),
 }
@@ -80,7 +83,7 @@ impl ApiError {
             ApiError::Forbidden | ApiError::AccountDisabled | ApiError::ActivationRequired => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::QuotaExceeded | ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -103,7 +106,7 @@ impl ApiError {
             ApiError::Throttled(wait) => set(&mut resp, header::RETRY_AFTER, &wait.as_secs().max(1).to_string()),
             ApiError::RangeNotSatisfiable(size) => set(&mut resp, header::CONTENT_RANGE, &format!("bytes */{size}")),
             ApiError::Unauthorized | ApiError::BadCredentials => {}
-            ApiError::BodyTimeout | ApiError::QuotaExceeded | ApiError::PayloadTooLarge => {
+            ApiError::BodyTimeout | ApiError::QuotaExceeded | ApiError::DiskFull(_) | ApiError::PayloadTooLarge => {
                 // The client may still be sending: say we will not read the rest.
                 set(&mut resp, header::CONNECTION, "close");
             }
@@ -237,7 +240,7 @@ pub async fn serve(app: Arc<App>, req: Request, conn: Arc<Connection>) -> Result
     let mut resp = match route(&mut ctx, req).await {
         Ok(resp) => resp,
         Err(e) => {
-            if let ApiError::Internal(cause) = &e {
+            if let ApiError::Internal(cause) | ApiError::DiskFull(cause) = &e {
                 log::error!("{method} {path}: {cause}");
             }
             e.into_response()

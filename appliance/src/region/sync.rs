@@ -17,8 +17,8 @@ use http_body_util::{BodyExt, Full};
 use super::Gateway;
 use crate::http::{body, json, ApiError, Ctx, Request, Response};
 use crate::store::sync::Sides;
-use crate::store::Hash;
-use crate::sync::chunk::{Manifest, MAX_CHUNK};
+use crate::store::{Hash, StoreError};
+use crate::sync::chunk::{ChunkError, Manifest, MAX_CHUNK};
 use crate::sync::protocol::{self, ContentReply, Hello, HelloReply, Pull, PullReply, Push, PushReply};
 
 /// What each school's box may read, by hash.
@@ -182,7 +182,7 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
                 let whole = protocol::unframe(&mut buf, MAX_CHUNK as usize).map_err(ApiError::BadRequest)?;
                 for (hash, bytes) in whole {
                     tokio::task::block_in_place(|| stage.put(&hash, &bytes))
-                        .map_err(|e| ApiError::BadRequest(format!("morceau refusé : {e}")))?;
+                        .map_err(|e| not_stored(&uai, "morceau", e.into()))?;
                     app.metrics.sync_chunks_in.inc();
                     app.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
                 }
@@ -220,13 +220,31 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
                 let missing = missing.iter().map(|h| h.to_hex()).collect();
                 return Ok(json(StatusCode::OK, &ContentReply { missing, ..Default::default() }));
             }
-            store
-                .assemble(&manifest)
-                .await
-                .map_err(|e| ApiError::BadRequest(format!("{uai}: assemblage refusé : {e}")))?;
+            store.assemble(&manifest).await.map_err(|e| not_stored(&uai, "assemblage", e))?;
             Ok(json(StatusCode::OK, &ContentReply { installed: true, ..Default::default() }))
         }
         _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Why a chunk or an assembled file could not be stored. A full disk is the region's to fix: said in its log,
+/// and a 507 that the box shows in its status and retries later; another I/O or database failure is the
+/// gateway's too (500); what remains (bytes that are not what they claim) is the box's request.
+fn not_stored(uai: &str, what: &str, e: StoreError) -> ApiError {
+    let io = match &e {
+        StoreError::Io { source, .. }
+        | StoreError::Chunk(
+            ChunkError::Io { source, .. } | ChunkError::Write(source) | ChunkError::Local { source, .. },
+        ) => Some(source),
+        StoreError::Db(_) => return ApiError::Internal(format!("{uai}: {what}: {e}")),
+        _ => None,
+    };
+    match io {
+        Some(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            ApiError::DiskFull(format!("{uai}: {what} : disque plein à la région ({e})"))
+        }
+        Some(_) => ApiError::Internal(format!("{uai}: {what}: {e}")),
+        None => ApiError::BadRequest(format!("{uai}: {what} refusé : {e}")),
     }
 }
 

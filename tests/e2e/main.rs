@@ -26,9 +26,15 @@ mod hostile;
 mod lan_tls;
 /// Health check, metrics, SIGTERM/SIGINT and draining.
 mod lifecycle;
+/// The emulated rural link (`tests/link/`): box and gateway in network namespaces, cuts and restores.
+mod link;
+/// Servers inside a link's network namespace, reached from the test through a forwarder.
+mod netns;
 /// Who may read and write where: one table over the five roles and the four kinds of space.
 mod permissions;
 /// Replication between a real box and a real gateway: both ways, conflicts, isolation between schools.
 mod replication;
+/// Replication across the emulated rural line: convergence, and cuts that lose nothing and re-send little.
+mod rural;
 /// Provisioning bundles refused whole or applied all at once; enrollment, renewal and revocation with the region.
 mod trust;

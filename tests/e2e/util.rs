@@ -69,6 +69,14 @@ pub struct Relais {
     /// The last lines of stderr, over all runs.
     stderr: Arc<Mutex<VecDeque<String>>>,
     runs: u32,
+    /// The network namespace the server runs in (`None`: the test's own; see [`Relais::set_netns`]).
+    netns: Option<String>,
+    /// What `--listen` gets: `127.0.0.1:0`, on the loopback of the namespace when there is one.
+    listen: String,
+    /// The address the current run printed, inside its namespace (the same as `addr` without one).
+    inner: SocketAddr,
+    /// The host's way into the namespace; `addr` and every client go through it.
+    forward: Option<crate::netns::Forward>,
 }
 
 impl Relais {
@@ -91,6 +99,10 @@ impl Relais {
             stdout: Arc::new(Mutex::new(Vec::new())),
             stderr: Arc::new(Mutex::new(VecDeque::new())),
             runs: 0,
+            netns: None,
+            listen: "127.0.0.1:0".to_string(),
+            inner: SocketAddr::from(([127, 0, 0, 1], 0)),
+            forward: None,
         };
         relais.spawn();
         relais
@@ -133,14 +145,15 @@ impl Relais {
         lines.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
-    /// A `relais serve` command on this server's data folder and config, for a second instance.
+    /// A `relais serve` command on this server's data folder and config (in its namespace, if it has one), for
+    /// a second instance.
     pub fn serve_command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = crate::netns::command(self.netns.as_deref(), BIN);
         cmd.arg("serve")
             .arg("--data")
             .arg(self.data_dir())
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--config")
             .arg(self.config_path());
         cmd.env_remove("RELAIS_ADMIN_PASSWORD");
@@ -194,8 +207,9 @@ impl Relais {
                 let (scheme, addr) = url.split_once("://").unwrap_or(("?", &url));
                 let addr = addr.trim_end_matches('/');
                 assert!(scheme == "http" || scheme == "https", "`listening on {url}`: unknown scheme");
-                self.addr =
+                self.inner =
                     addr.parse().unwrap_or_else(|e| panic!("cannot parse the address in `listening on {url}`: {e}"));
+                self.addr = self.reach(self.inner);
                 *self.base.write().expect("base lock") = format!("{scheme}://{}", self.addr);
             }
             Ok(None) => {
@@ -213,6 +227,23 @@ impl Relais {
                 panic!("relais did not print `listening on` within {START_TIMEOUT:?}\nstderr:\n{}", self.stderr_tail());
             }
         }
+    }
+
+    /// The address the test connects to for a server listening on `inner`: itself, or the forwarder into the
+    /// server's namespace (made at the first run, pointed at each new run's port).
+    fn reach(&mut self, inner: SocketAddr) -> SocketAddr {
+        let Some(ns) = self.netns.clone() else { return inner };
+        match &self.forward {
+            Some(forward) => forward.retarget(inner),
+            None => match crate::netns::Forward::start(&ns, inner) {
+                Ok(forward) => self.forward = Some(forward),
+                Err(e) => {
+                    self.kill9();
+                    panic!("cannot reach relais inside namespace {ns}: {e}");
+                }
+            },
+        }
+        self.forward.as_ref().map_or(inner, crate::netns::Forward::addr)
     }
 
     /// Starts the server again on the same data folder and config (after `stop` or `kill9`).
@@ -1124,7 +1155,27 @@ impl Relais {
             stdout: Arc::new(Mutex::new(Vec::new())),
             stderr: Arc::new(Mutex::new(VecDeque::new())),
             runs: 0,
+            netns: None,
+            listen: "127.0.0.1:0".to_string(),
+            inner: SocketAddr::from(([127, 0, 0, 1], 0)),
+            forward: None,
         }
+    }
+
+    /// From its next start, the server runs in network namespace `ns` (a `link::Link`'s box side) and
+    /// listens on `listen` there (`127.0.0.1:0`: that namespace's own loopback). The test reaches it through a
+    /// forwarder on the host's 127.0.0.1 ([`crate::netns::Forward`]), so `addr`, `url` and every client work as
+    /// usual; [`Relais::inner_addr`] is the address inside. Needs root.
+    pub fn set_netns(&mut self, ns: &str, listen: &str) {
+        assert!(self.child.is_none(), "set_netns while the server runs");
+        self.netns = Some(ns.to_string());
+        self.listen = listen.to_string();
+        self.forward = None;
+    }
+
+    /// The address the current run listens on inside its namespace (the same as [`Relais::addr`] without one).
+    pub fn inner_addr(&self) -> SocketAddr {
+        self.inner
     }
 }
 
@@ -1144,19 +1195,49 @@ pub struct Region {
     child: Option<Child>,
     addr: Option<SocketAddr>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// The network namespace the gateway runs in and the address it listens on there (see [`Region::init_in`]).
+    netns: Option<String>,
+    ip: std::net::IpAddr,
+    /// The host's way into the namespace, for [`Region::client`].
+    forward: Option<crate::netns::Forward>,
 }
 
 impl Region {
     /// Initialises the region's CA (gateway names: localhost, 127.0.0.1, ::1). `config_toml`, if given, is
     /// the region's configuration (e.g. a short `[region] certificate_validity`).
     pub fn init(config_toml: Option<&str>) -> Region {
+        Self::init_with(config_toml, None)
+    }
+
+    /// A gateway that will serve inside network namespace `ns` (a `link::Link`'s gateway side) on `ip` there:
+    /// its certificate names `ip` (and 127.0.0.1 and localhost, for the test's way in), its bundles point boxes
+    /// at `https://IP:PORT`, and [`Region::client`] reaches it through a forwarder on the host. Needs root.
+    pub fn init_in(config_toml: Option<&str>, ns: &str, ip: std::net::IpAddr) -> Region {
+        Self::init_with(config_toml, Some((ns, ip)))
+    }
+
+    fn init_with(config_toml: Option<&str>, place: Option<(&str, std::net::IpAddr)>) -> Region {
         let root = tempfile::Builder::new().prefix("relais-region-e2e-").tempdir().expect("create a temp folder");
-        let region = Region { root, child: None, addr: None, stderr: Arc::new(Mutex::new(VecDeque::new())) };
+        let region = Region {
+            root,
+            child: None,
+            addr: None,
+            stderr: Arc::new(Mutex::new(VecDeque::new())),
+            netns: place.map(|(ns, _)| ns.to_string()),
+            ip: place.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |(_, ip)| ip),
+            forward: None,
+        };
         if let Some(config) = config_toml {
             std::fs::write(region.config_path(), config).expect("write the region config");
         }
         let data = region.data_dir();
-        let (code, out, err) = relais_cli([OsStr::new("region"), "init".as_ref(), "--data".as_ref(), data.as_ref()]);
+        let mut args: Vec<std::ffi::OsString> = vec!["region".into(), "init".into(), "--data".into(), data.into()];
+        if let Some((_, ip)) = place {
+            for host in [ip.to_string(), "127.0.0.1".into(), "localhost".into()] {
+                args.extend(["--host".into(), host.into()]);
+            }
+        }
+        let (code, out, err) = relais_cli(&args);
         assert_eq!(code, Some(0), "relais region init failed\nstdout:\n{out}\nstderr:\n{err}");
         region
     }
@@ -1174,7 +1255,7 @@ impl Region {
         self.data_dir().join("ca")
     }
 
-    /// `https://127.0.0.1:PORT` of the running gateway.
+    /// `https://IP:PORT` of the running gateway, as boxes reach it (127.0.0.1, or its namespace address).
     pub fn url(&self) -> String {
         format!("https://{}", self.addr.expect("the region is not serving"))
     }
@@ -1187,9 +1268,9 @@ impl Region {
     /// `listening on https://…` line. A second start (after `kill`) listens on the same address.
     pub fn serve(&mut self) {
         assert!(self.child.is_none(), "the region is already serving");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = crate::netns::command(self.netns.as_deref(), BIN);
         // Back on the same port after a kill: the boxes' configuration names it.
-        let listen = self.addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let listen = self.addr.map_or_else(|| SocketAddr::new(self.ip, 0).to_string(), |a| a.to_string());
         cmd.arg("region").arg("serve").arg("--data").arg(self.data_dir()).arg("--listen").arg(listen);
         if self.config_path().exists() {
             cmd.arg("--config").arg(self.config_path());
@@ -1226,6 +1307,18 @@ impl Region {
                 let parsed =
                     addr.parse().unwrap_or_else(|e| panic!("bad address in `listening on https://{addr}`: {e}"));
                 self.addr = Some(parsed);
+                if let Some(ns) = self.netns.clone() {
+                    match &self.forward {
+                        Some(forward) => forward.retarget(parsed),
+                        None => match crate::netns::Forward::start(&ns, parsed) {
+                            Ok(forward) => self.forward = Some(forward),
+                            Err(e) => {
+                                self.kill();
+                                panic!("cannot reach the gateway inside namespace {ns}: {e}");
+                            }
+                        },
+                    }
+                }
             }
             other => {
                 self.kill();
@@ -1239,7 +1332,9 @@ impl Region {
     pub fn client(&self) -> Client {
         let ca = provisioning::RegionalCa::open(&self.ca_dir()).expect("the region's CA");
         let tls = relais::enroll::client::tls_config(ca.root_cert_pem(), None).expect("TLS client config");
-        Client::new(Arc::new(RwLock::new(self.url()))).with_tls(Arc::new(tls))
+        // Into a namespace through the forwarder: the certificate names 127.0.0.1 too.
+        let url = self.forward.as_ref().map_or_else(|| self.url(), |f| format!("https://{}", f.addr()));
+        Client::new(Arc::new(RwLock::new(url))).with_tls(Arc::new(tls))
     }
 
     /// SIGKILL and reap the gateway.

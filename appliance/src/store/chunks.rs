@@ -13,6 +13,10 @@ use std::path::Path;
 use super::{Hash, Store, StoreError};
 use crate::sync::chunk::{ChunkStage, Manifest};
 
+/// How long a content assembled from a peer's chunks is kept unreferenced across restarts, waiting for the
+/// change that names it; past this it is an orphan (its change will not come), swept at a later start.
+const AWAITING_CHANGE: std::time::Duration = std::time::Duration::from_secs(7 * 86400);
+
 /// `blob (32) | offset (8, big endian) | length (4, big endian)`.
 fn location(blob: Hash, offset: u64, len: u32) -> [u8; 44] {
     let mut out = [0u8; 44];
@@ -80,6 +84,19 @@ impl Store {
     /// A chunk's bytes from the local blob that holds it, checked against its hash; `None` if no blob does.
     pub fn local_chunk(&self, chunk: &Hash) -> io::Result<Option<Vec<u8>>> {
         local_chunk(&self.chunks, &self.blobs, chunk)
+    }
+
+    /// Whether an unreferenced blob is a content assembled from a peer's chunks whose change has not come yet:
+    /// indexed (as every assembled content is), and assembled less than [`AWAITING_CHANGE`] ago. The sweep at
+    /// start keeps it: a session pushes (or applies) a batch's changes only once every content of the batch is
+    /// here, so on a thin line a content can wait hours for its change, and sweeping it at a restart meanwhile
+    /// would make the peer send it all again.
+    pub(super) fn awaits_its_change(&self, blob: Hash) -> Result<bool, StoreError> {
+        if !self.manifests.contains_key(blob.0)? {
+            return Ok(false);
+        }
+        let made = std::fs::metadata(self.blob_path(blob)).and_then(|m| m.modified());
+        Ok(made.is_ok_and(|t| t.elapsed().unwrap_or_default() < AWAITING_CHANGE))
     }
 
     /// Builds the file `manifest` describes from staged and local chunks, checks it whole, installs it as a

@@ -252,7 +252,8 @@ impl Store {
         }
         store.users_staging.clear()?;
         store.db.flush()?;
-        let removed = store.blobs.sweep(|hash| Ok(store.refs.contains_key(hash.0)?))?;
+        let removed =
+            store.blobs.sweep(|hash| Ok(store.refs.contains_key(hash.0)? || store.awaits_its_change(hash)?))?;
         if removed > 0 {
             log::info!("removed {removed} unreferenced blobs left by an interrupted run");
         }
@@ -714,7 +715,7 @@ impl Store {
 
     /// Unlinks a blob nothing points to any more. Only after the metadata that dropped the last reference is
     /// flushed: unlinking earlier, a crash could bring back a file whose content is gone. A crash before the
-    /// unlink leaves an orphan that the next start sweeps.
+    /// unlink leaves an orphan that a later start sweeps.
     async fn release(&self, hash: Hash) -> Result<(), StoreError> {
         let _guard = self.mutate.lock().await;
         if self.pins.defer(hash) {

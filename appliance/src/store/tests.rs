@@ -126,6 +126,27 @@ async fn everything_survives_reopening_and_orphans_are_swept() {
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
 }
 
+#[tokio::test]
+async fn a_content_assembled_for_replication_survives_a_restart_until_its_change_comes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let content: Vec<u8> = (0..200_000u32).flat_map(|i| (i.wrapping_mul(2_654_435_761)).to_le_bytes()).collect();
+    let manifest = crate::sync::chunk::Manifest::from_reader(&content[..]).expect("chunking a slice");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        for (chunk, len) in &manifest.chunks {
+            let at = manifest.refs().find(|r| r.hash == *chunk).expect("a chunk of the file");
+            let bytes = &content[at.offset as usize..][..*len as usize];
+            store.chunk_stage().put(chunk, bytes).expect("stage");
+        }
+        store.assemble(&manifest).await.expect("assemble");
+        store.flush().await.expect("flush");
+    }
+    // A crash before the change naming it arrived: no file points to it, yet it is kept, with its index.
+    let store = reopen(dir.path()).await;
+    assert!(store.has_blob(manifest.file), "the assembled content was swept at restart");
+    assert_eq!(store.manifest(manifest.file).await.expect("manifest"), Some(manifest));
+}
+
 #[test]
 fn a_second_process_cannot_take_the_folder() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -69,8 +69,9 @@ pub struct Lan {
     pub tls: TlsMode,
     /// Host names and IP addresses the LAN certificate covers, besides `ent.<uai>.lan`.
     pub names: Vec<String>,
-    /// A second listener (e.g. "0.0.0.0:80") that redirects to HTTPS but serves `/ca.crt` and `/healthz`;
-    /// empty for none.
+    /// A second listener (e.g. "0.0.0.0:80") that redirects to HTTPS but serves `/ca.crt`, `/healthz` and the
+    /// revocation lists `/crl/…` (on a box its LAN list, which its LAN certificate names on port 80; on the
+    /// gateway the region's lists); empty for none.
     pub http_redirect: String,
 }
 

@@ -4,7 +4,8 @@
 //! next request. What each list covers and where certificates point: `provisioning/src/crl.rs`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,18 +20,19 @@ const REFRESH: Duration = Duration::from_secs(3600);
 pub struct Crls(Mutex<HashMap<CrlIssuer, Made>>);
 
 struct Made {
-    /// The index's modification time when it was made: a change means a revocation to publish.
-    index: Option<SystemTime>,
+    /// The index as it was when the list was made: a change means a revocation to publish.
+    index: Stamp,
     at: Instant,
     der: Arc<Vec<u8>>,
 }
 
-fn index_stamp(dir: &Path) -> Option<SystemTime> {
-    std::fs::metadata(index_path(dir)).and_then(|m| m.modified()).ok()
-}
+/// What identifies one version of the index: every rewrite renames a new file into place (a new inode), so two
+/// rewrites within one tick of the clock still differ.
+type Stamp = Option<(SystemTime, u64, u64)>;
 
-fn index_path(dir: &Path) -> PathBuf {
-    dir.join("issued.json")
+fn index_stamp(dir: &Path) -> Stamp {
+    let meta = std::fs::metadata(dir.join("issued.json")).ok()?;
+    Some((meta.modified().ok()?, meta.ino(), meta.len()))
 }
 
 impl Crls {
@@ -67,7 +69,6 @@ mod tests {
         assert!(provisioning::check_crl(&lan, issuer).expect("the LAN list").revoked.is_empty());
 
         // The gateway's certificate revoked: the index changes, the next request gets a list naming it.
-        std::thread::sleep(Duration::from_millis(20)); // a distinct modification time
         let renewed = ca.renew_gateway_cert(Duration::from_secs(86_400)).expect("renew");
         ca.revoke_serial(&renewed.serial).expect("revoke");
         let after = crls.get(&ca, CrlIssuer::Gateway).expect("crl");

@@ -3,7 +3,6 @@
 //! technician's status is the same whether the daemon answers or the folder is read while stopped.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,27 +184,6 @@ fn small_backup() -> (Relais, PathBuf, Vec<u8>) {
     let out = cli_ok(&[&"backup", &"--data", &relais.data_dir(), &"--out", &file]);
     assert!(out.contains("1 contents") || out.contains("contents"), "{out}");
     (relais, file, marker)
-}
-
-fn zip_members(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut archive = zip::ZipArchive::new(std::fs::File::open(path).expect("open")).expect("zip");
-    (0..archive.len())
-        .map(|i| {
-            let mut member = archive.by_index(i).expect("member");
-            let mut bytes = Vec::new();
-            member.read_to_end(&mut bytes).expect("read");
-            (member.name().expect("name").to_string(), bytes)
-        })
-        .collect()
-}
-
-fn write_zip(path: &Path, members: &[(String, Vec<u8>)]) {
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).expect("create"));
-    for (name, bytes) in members {
-        zip.start_file(name.as_str(), zip::write::SimpleFileOptions::default()).expect("start");
-        zip.write_all(bytes).expect("write");
-    }
-    zip.finish().expect("finish");
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! `relais region serve`, its token works once, it renews at half-life, and a revoked box is refused.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,29 +122,6 @@ impl LibraryRegion {
         let hex = self.ca.root_fingerprint().to_uppercase();
         (0..hex.len()).step_by(2).map(|i| &hex[i..i + 2]).collect::<Vec<_>>().join(":")
     }
-}
-
-/// The members of a zip, in order.
-fn zip_members(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let file = std::fs::File::open(path).expect("open zip");
-    let mut archive = zip::ZipArchive::new(file).expect("read zip");
-    (0..archive.len())
-        .map(|i| {
-            let mut entry = archive.by_index(i).expect("member");
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).expect("read member");
-            (entry.name().expect("member name").to_string(), bytes)
-        })
-        .collect()
-}
-
-fn write_zip(path: &Path, members: &[(String, Vec<u8>)]) {
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).expect("create zip"));
-    for (name, bytes) in members {
-        zip.start_file(name.as_str(), zip::write::SimpleFileOptions::default()).expect("member");
-        zip.write_all(bytes).expect("write member");
-    }
-    zip.finish().expect("finish zip");
 }
 
 pub(crate) fn identity(data: &Path) -> PathBuf {

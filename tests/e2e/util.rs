@@ -1384,3 +1384,27 @@ impl Drop for Region {
         self.kill();
     }
 }
+
+/// The members of a zip, in order.
+pub fn zip_members(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let file = std::fs::File::open(path).expect("open zip");
+    let mut archive = zip::ZipArchive::new(file).expect("read zip");
+    (0..archive.len())
+        .map(|i| {
+            let mut entry = archive.by_index(i).expect("member");
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).expect("read member");
+            (entry.name().expect("member name").to_string(), bytes)
+        })
+        .collect()
+}
+
+/// Writes a zip of `members` (for hand-made hostile archives).
+pub fn write_zip(path: &Path, members: &[(String, Vec<u8>)]) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).expect("create zip"));
+    for (name, bytes) in members {
+        zip.start_file(name.as_str(), zip::write::SimpleFileOptions::default()).expect("member");
+        zip.write_all(bytes).expect("write member");
+    }
+    zip.finish().expect("finish zip");
+}

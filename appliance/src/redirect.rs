@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{header, Method, StatusCode};
 use hyper::service::service_fn;
@@ -107,18 +107,7 @@ async fn run(app: Arc<App>, listener: TcpListener, target: Target, shutdown: imp
     let target = Arc::new(target);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    log::warn!("redirect listener: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some((stream, peer)) = crate::server::accept(&listener, &mut shutdown, "redirect").await {
         let _ = stream.set_nodelay(true);
         let (app, target, builder) = (app.clone(), target.clone(), builder.clone());
         let watcher = graceful.watcher();

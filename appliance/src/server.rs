@@ -89,19 +89,7 @@ pub async fn run(
     let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(housekeeping(app.clone(), workers_stopped));
     tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    log::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some((stream, peer)) = accept(&listener, &mut shutdown, "portal").await {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let builder = builder.clone();
@@ -224,4 +212,25 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
+}
+
+/// The next connection, or `None` once `shutdown` has resolved. A failed accept (out of file descriptors and
+/// the like) pauses a moment rather than spin.
+pub async fn accept<F: Future<Output = ()>>(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut F>,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => {
+                    log::warn!("{what} listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
 }

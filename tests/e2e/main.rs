@@ -34,6 +34,8 @@ mod netns;
 mod permissions;
 /// Replication between a real box and a real gateway: both ways, conflicts, isolation between schools.
 mod replication;
+/// Replication under faults: box or gateway SIGKILLed mid-session, a full disk at the region, resumption cost.
+mod replication_faults;
 /// Replication across the emulated rural line: convergence, and cuts that lose nothing and re-send little.
 mod rural;
 /// Provisioning bundles refused whole or applied all at once; enrollment, renewal and revocation with the region.

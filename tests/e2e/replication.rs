@@ -51,7 +51,7 @@ fn wait_for_file(client: &Client, path: &str, content: &[u8], what: &str, logs: 
 
 /// A client of the region, logged in as `login` once the account has arrived there (watched as the region's
 /// admin: polling with failed logins would trip the login throttle).
-fn region_login(region: &Region, login: &str, logs: &dyn Fn() -> String) -> Client {
+pub(crate) fn region_login(region: &Region, login: &str, logs: &dyn Fn() -> String) -> Client {
     let mut admin = region.client();
     assert_eq!(admin.login("admin", ADMIN_PASSWORD).status, 200, "region admin login");
     let deadline = std::time::Instant::now() + CONVERGE;
@@ -70,7 +70,7 @@ fn region_login(region: &Region, login: &str, logs: &dyn Fn() -> String) -> Clie
 }
 
 /// `PUT` through the client's own TLS agent (`Client::put` speaks plain HTTP on a raw socket).
-fn put_tls(client: &Client, path: &str, body: &[u8]) -> Resp {
+pub(crate) fn put_tls(client: &Client, path: &str, body: &[u8]) -> Resp {
     Client::send(client.request("PUT", &files_url(path)), Some(body))
 }
 

@@ -38,6 +38,26 @@ impl fmt::Debug for Hash {
     }
 }
 
+/// Room kept free on the data folder's disk by replication: whatever a peer sends, the metadata database must
+/// always be able to write, because sled fails for good (every later write, until the daemon restarts, even once
+/// space is back) after a write of its log hits a full disk. Staging a chunk or assembling a file that would eat
+/// into it is refused as a full disk; metadata changes still go through.
+pub const KEEP_FREE: u64 = 32 << 20;
+
+/// `Ok` when `bytes` more can be written on `dir`'s disk leaving [`KEEP_FREE`]; a `StorageFull` error otherwise
+/// (and `Ok` when the filesystem cannot say).
+pub fn ensure_room(dir: &Path, bytes: u64) -> io::Result<()> {
+    let Ok(stat) = nix::sys::statvfs::statvfs(dir) else { return Ok(()) };
+    let free: u64 = stat.blocks_available().saturating_mul(stat.fragment_size());
+    if free < bytes.saturating_add(KEEP_FREE) {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{free} bytes free, {bytes} wanted, {KEEP_FREE} kept for the metadata"),
+        ));
+    }
+    Ok(())
+}
+
 /// The folder of blobs and its scratch space.
 #[derive(Clone)]
 pub struct BlobStore {
@@ -94,6 +114,11 @@ impl BlobStore {
     pub fn path(&self, hash: Hash) -> PathBuf {
         let hex = hash.to_hex();
         self.root.join(&hex[..2]).join(hex)
+    }
+
+    /// [`ensure_room`] on this store's disk.
+    pub fn ensure_room(&self, bytes: u64) -> Result<(), StoreError> {
+        ensure_room(&self.tmp, bytes).map_err(|e| StoreError::io(&self.tmp, e))
     }
 
     pub fn scratch_file(&self) -> Result<(PathBuf, File), StoreError> {

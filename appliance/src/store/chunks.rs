@@ -105,6 +105,7 @@ impl Store {
         if self.has_blob(manifest.file) {
             return Ok(());
         }
+        self.blobs.ensure_room(manifest.size)?;
         let (path, file) = self.scratch_file()?;
         let (stage, chunks, blobs) = (self.stage.clone(), self.chunks.clone(), self.blobs.clone());
         let (m, p) = (manifest.clone(), path.clone());

@@ -23,7 +23,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-pub use blob::{BlobWriter, Hash, Staged};
+pub use blob::{ensure_room, BlobWriter, Hash, Staged, KEEP_FREE};
 pub use lock::{DataLock, LockError};
 pub use snapshot::{Loaded, Snapshot};
 

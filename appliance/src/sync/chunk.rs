@@ -525,6 +525,8 @@ impl ChunkStage {
         if target.is_file() {
             return Ok(());
         }
+        crate::store::ensure_room(&self.dir, bytes.len() as u64)
+            .map_err(|source| ChunkError::Io { path: target.clone(), source })?;
         let mut name = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut name);
         let part = self.dir.join(format!("{PART}{}", u64::from_le_bytes(name)));

@@ -468,20 +468,27 @@ fn nothing_is_lost_either_way_however_often_the_gateway_is_killed() {
 // 3. The gateway's disk fills up
 // ---------------------------------------------------------------------------------------------------------
 
-/// A tmpfs of a few MiB mounted on a temp folder (root only); unmounted and removed on drop, even when the
-/// test fails (lazily if a process still holds it).
+/// A tmpfs of a few MiB mounted on a temp folder; unmounted and removed on drop, even when the test fails
+/// (lazily if a process still holds it).
 struct SmallDisk {
     dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    fn mount(bytes: u64) -> SmallDisk {
+    /// `Err` says why there is none: mounting needs root (and a kernel that lets it mount here).
+    fn mount(bytes: u64) -> Result<SmallDisk, String> {
+        let uid = nix::unistd::Uid::effective();
+        if !uid.is_root() {
+            return Err(format!("mounting a small filesystem needs root (running as uid {uid})"));
+        }
         let dir = tempfile::Builder::new().prefix("relais-e2e-small-disk-").tempdir().expect("temp folder");
         let mut cmd = Command::new("mount");
         cmd.args(["-t", "tmpfs", "-o", &format!("size={}k,mode=0700", bytes / KIB), "relais-e2e"]).arg(dir.path());
         let (status, out, err) = run_bounded(cmd, Duration::from_secs(30));
-        assert!(status.is_some_and(|s| s.success()), "mount -t tmpfs failed: {out}{err}");
-        SmallDisk { dir }
+        if !status.is_some_and(|s| s.success()) {
+            return Err(format!("mount -t tmpfs failed: {out}{err}"));
+        }
+        Ok(SmallDisk { dir })
     }
 
     fn path(&self) -> &Path {
@@ -524,17 +531,16 @@ fn replication_status(admin: &Client) -> Value {
 
 #[test]
 fn a_full_disk_at_the_region_fails_cleanly_and_replication_resumes_once_space_is_freed() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!(
-            "SKIPPED a_full_disk_at_the_region_…: mounting a small filesystem needs root (uid {})",
-            nix::unistd::Uid::effective()
-        );
-        return;
-    }
+    // Declared before the region: dropped after it, once its process is gone.
+    let disk = match SmallDisk::mount(64 * MIB) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED a_full_disk_at_the_region_fails_cleanly_and_replication_resumes…: {why}");
+            return;
+        }
+    };
     let seed = seed("full disk");
     let mut rng = StdRng::seed_from_u64(seed);
-    // Declared before the region: dropped after it, once its process is gone.
-    let disk = SmallDisk::mount(64 * MIB);
     let mut region = Region::init(None);
     move_onto(&region.data_dir(), disk.path());
     region.serve();

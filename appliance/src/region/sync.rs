@@ -17,9 +17,11 @@ use http_body_util::{BodyExt, Full};
 use super::Gateway;
 use crate::http::{body, json, ApiError, Ctx, Request, Response};
 use crate::store::sync::Sides;
-use crate::store::{Hash, StoreError};
+use crate::store::{Hash, Store, StoreError};
 use crate::sync::chunk::{ChunkError, Manifest, MAX_CHUNK};
-use crate::sync::protocol::{self, ContentReply, Hello, HelloReply, Pull, PullReply, Push, PushReply};
+use crate::sync::protocol::{
+    self, ContentReply, Hello, HelloReply, Offer, OfferReply, Pull, PullReply, Push, PushReply,
+};
 
 /// What each school's box may read, by hash.
 #[derive(Default)]
@@ -28,7 +30,34 @@ pub struct Offers(Mutex<HashMap<String, Offered>>);
 struct Offered {
     blobs: HashSet<Hash>,
     chunks: HashSet<Hash>,
+    /// Manifests the box offered (`POST contents`) whose files are not assembled yet, so that asking again
+    /// once the chunks are sent needs only the file's hash.
+    pending: HashMap<Hash, Manifest>,
+    /// Chunks listed by `pending`, to bound its memory.
+    pending_chunks: usize,
     touched: Instant,
+}
+
+/// Most chunks the pending manifests of one school may list (36 bytes each in memory): past this they are all
+/// forgotten, and the box, told `manifest_unknown`, sends them again.
+const PENDING_CHUNKS: usize = 1 << 20;
+
+impl Offered {
+    fn keep(&mut self, manifest: Manifest) {
+        self.forget(&manifest.file);
+        if self.pending_chunks + manifest.chunks.len() > PENDING_CHUNKS {
+            self.pending.clear();
+            self.pending_chunks = 0;
+        }
+        self.pending_chunks += manifest.chunks.len();
+        self.pending.insert(manifest.file, manifest);
+    }
+
+    fn forget(&mut self, file: &Hash) {
+        if let Some(old) = self.pending.remove(file) {
+            self.pending_chunks -= old.chunks.len();
+        }
+    }
 }
 
 /// Offers unused this long are forgotten (the box is offered them again at its next pull).
@@ -41,6 +70,8 @@ impl Offers {
         let offered = all.entry(uai.to_owned()).or_insert_with(|| Offered {
             blobs: HashSet::new(),
             chunks: HashSet::new(),
+            pending: HashMap::new(),
+            pending_chunks: 0,
             touched: Instant::now(),
         });
         offered.touched = Instant::now();
@@ -210,21 +241,80 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
                 }
                 None => Manifest::decode(&bytes).map_err(bad)?,
             };
-            if store.has_blob(manifest.file) {
-                // The same file is here already (another school's copy, or sent before): nothing to move.
-                return Ok(json(StatusCode::OK, &ContentReply { installed: true, ..Default::default() }));
-            }
-            let stage = store.chunk_stage();
-            let missing = stage.missing(&manifest, &|h| store.has_chunk(h));
+            let missing = place(store, &uai, &manifest).await?;
             if !missing.is_empty() {
                 let missing = missing.iter().map(|h| h.to_hex()).collect();
                 return Ok(json(StatusCode::OK, &ContentReply { missing, ..Default::default() }));
             }
-            store.assemble(&manifest).await.map_err(|e| not_stored(&uai, "assemblage", e))?;
             Ok(json(StatusCode::OK, &ContentReply { installed: true, ..Default::default() }))
+        }
+        (Method::POST, "contents") => {
+            // `content` for a whole batch of files in one round trip (see `protocol`).
+            let mut body = body::read_small(req.into_body(), idle, protocol::MAX_JSON).await?.to_vec();
+            let entries = protocol::unframe(&mut body, protocol::MAX_JSON).map_err(ApiError::BadRequest)?;
+            if !body.is_empty() {
+                return Err(ApiError::BadRequest("liste de manifestes coupée au milieu".into()));
+            }
+            if entries.len() > protocol::OFFER_BATCH_COUNT {
+                return Err(ApiError::BadRequest(format!("au plus {} fichiers par lot", protocol::OFFER_BATCH_COUNT)));
+            }
+            let bad = |e: ChunkError| ApiError::BadRequest(format!("manifeste refusé : {e}"));
+            let mut files = Vec::with_capacity(entries.len());
+            for (file, bytes) in entries {
+                let manifest = if bytes.is_empty() {
+                    match gateway.offers.with(&uai, |o| o.pending.get(&file).cloned()) {
+                        Some(manifest) => manifest,
+                        None => {
+                            files.push(Offer { manifest_unknown: true, ..Offer::default() });
+                            continue;
+                        }
+                    }
+                } else if let Some(base) = Manifest::delta_base(&bytes) {
+                    match store.manifest(base).await.map_err(internal)? {
+                        Some(base) => Manifest::decode_delta(&bytes, &base).map_err(bad)?,
+                        None => {
+                            files.push(Offer { base_unknown: true, ..Offer::default() });
+                            continue;
+                        }
+                    }
+                } else {
+                    Manifest::decode(&bytes).map_err(bad)?
+                };
+                if manifest.file != file {
+                    return Err(ApiError::BadRequest(format!("manifeste d'un autre fichier que {}", file.to_hex())));
+                }
+                let missing: HashSet<Hash> = place(store, &uai, &manifest).await?.into_iter().collect();
+                if missing.is_empty() {
+                    gateway.offers.with(&uai, |o| o.forget(&file));
+                    files.push(Offer { installed: true, ..Offer::default() });
+                    continue;
+                }
+                let mut named = HashSet::new();
+                let positions =
+                    manifest.chunks.iter().enumerate().filter_map(|(i, (hash, _))| {
+                        (missing.contains(hash) && named.insert(*hash)).then_some(i as u32)
+                    });
+                files.push(Offer { missing: protocol::ranges(positions), ..Offer::default() });
+                gateway.offers.with(&uai, |o| o.keep(manifest));
+            }
+            Ok(json(StatusCode::OK, &OfferReply { files }))
         }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// Places an offered file: nothing to do when it is here already (another school's copy, or sent before);
+/// assembled and checked now when every chunk is staged or held; otherwise the distinct chunks still to come,
+/// in file order (an empty list means installed).
+async fn place(store: &Store, uai: &str, manifest: &Manifest) -> Result<Vec<Hash>, ApiError> {
+    if store.has_blob(manifest.file) {
+        return Ok(Vec::new());
+    }
+    let missing = store.chunk_stage().missing(manifest, &|h| store.has_chunk(h));
+    if missing.is_empty() {
+        store.assemble(manifest).await.map_err(|e| not_stored(uai, "assemblage", e))?;
+    }
+    Ok(missing)
 }
 
 /// Why a chunk or an assembled file could not be stored. A full disk is the region's to fix: said in its log,

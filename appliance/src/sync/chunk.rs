@@ -377,6 +377,14 @@ impl Manifest {
         Manifest { file, size, chunks }.checked()
     }
 
+    /// The base a delta manifest is relative to; `None` for a whole one (or bytes that are neither).
+    pub fn delta_base(bytes: &[u8]) -> Option<Hash> {
+        match bytes {
+            [DELTA, rest @ ..] => Some(Hash(rest.get(..32)?.try_into().ok()?)),
+            _ => None,
+        }
+    }
+
     /// A manifest asked for as a delta against `base`: the sender answers with a full one when it does not
     /// hold the base (nothing there may name it any more), so either form is taken, by its first byte.
     pub fn decode_against(bytes: &[u8], base: Option<&Manifest>) -> Result<Manifest, ChunkError> {

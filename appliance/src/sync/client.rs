@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::store::Hash;
 use crate::sync::chunk::{Manifest, MAX_CHUNK};
-use crate::sync::protocol::{self, ContentReply, Hello, HelloReply, Pull, PullReply, Push, PushReply};
+use crate::sync::protocol::{self, Hello, HelloReply, Pull, PullReply, Push, PushReply};
 use crate::uplink::{Class, Direction, Scheduler};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -87,15 +87,17 @@ impl Client {
         self.post_json("have", have)
     }
 
-    /// Offers a file's manifest (a delta against `base` when given); the gateway says what it lacks.
-    pub fn content(&self, manifest: &[u8], base: Option<Hash>) -> Result<ContentReply, SyncError> {
-        let url = self.url("content");
-        self.scheduler.acquire(Class::Replication, Direction::Up, manifest.len() as u64);
-        let mut request = self.agent.post(&url).set("Content-Type", "application/octet-stream");
-        if let Some(base) = base {
-            request = request.set(protocol::BASE_HEADER, &base.to_hex());
-        }
-        let response = request.send_bytes(manifest).map_err(|e| classify(&url, e))?;
+    /// Offers many files at once: `framed` holds, per file, its hash and its manifest (whole, a delta, or
+    /// nothing to name the one offered before); the gateway answers each (see `protocol::Offer`).
+    pub fn offer(&self, framed: &[u8]) -> Result<protocol::OfferReply, SyncError> {
+        let url = self.url("contents");
+        self.scheduler.acquire(Class::Replication, Direction::Up, framed.len() as u64);
+        let response = self
+            .agent
+            .post(&url)
+            .set("Content-Type", "application/octet-stream")
+            .send_bytes(framed)
+            .map_err(|e| classify(&url, e))?;
         self.read_json(&url, response)
     }
 

@@ -8,6 +8,7 @@
 //! | `POST pull` | [`Pull`]: the box's high-water marks | [`PullReply`]: changes the box lacks |
 //! | `POST have` | [`Have`]: file hashes | [`Have`]: those the region holds already |
 //! | `POST content` | a manifest (binary; a delta if `x-relais-base` names its base) | [`ContentReply`] |
+//! | `POST contents` | many files at once, framed ([`frame`]: file hash, manifest) | [`OfferReply`] |
 //! | `GET manifest/<hash>[?base=<hash>]` | | the manifest of a file offered by `pull` (binary) |
 //! | `POST chunks` | [`ChunkList`] of chunks of manifests served to this box | those chunks, framed ([`frame`]) |
 //! | `PUT chunks` | chunks, framed | 204 once each is staged |
@@ -15,6 +16,11 @@
 //! Chunks average 8 KiB: one request each would leave a 200 ms link idle most of the time, so they travel in
 //! batches of about [`CHUNK_BATCH_BYTES`], several batches at once. Within a batch each chunk is framed
 //! (`hash | length | bytes`) and staged as soon as it is whole, so a cut mid-batch keeps every complete chunk.
+//!
+//! Files go the same way: one `POST contents` offers the manifests of a whole batch of files (each answered
+//! "installed", or with the chunks to send as position ranges), their missing chunks then share batches, and
+//! a second `POST contents` naming the files without their manifests (the gateway kept them) assembles them.
+//! A push of 300 small files thus costs a few round trips, not three per file.
 //!
 //! Every step is idempotent: a session cut anywhere is simply run again.
 
@@ -90,6 +96,51 @@ pub struct ContentReply {
     pub base_unknown: bool,
 }
 
+/// One file's answer to `POST contents`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The file is assembled and checked at the region.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub installed: bool,
+    /// The delta's base is not known there: send the whole manifest.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub base_unknown: bool,
+    /// The file was named without its manifest, and the gateway no longer holds the one offered before.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub manifest_unknown: bool,
+    /// Chunks to upload before offering again: `[start, end)` ranges of positions in the manifest, each
+    /// distinct chunk named once (at its first position).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<[u32; 2]>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OfferReply {
+    /// One answer per file, in the order of the request.
+    pub files: Vec<Offer>,
+}
+
+/// Bytes of manifests per `POST contents`: a few hundred typical files, a second of the line at most.
+pub const OFFER_BATCH_BYTES: usize = 256 << 10;
+/// Files per `POST contents`.
+pub const OFFER_BATCH_COUNT: usize = 1000;
+
+/// `[start, end)` ranges covering the positions `positions` (ascending).
+pub fn ranges(positions: impl IntoIterator<Item = u32>) -> Vec<[u32; 2]> {
+    let mut out: Vec<[u32; 2]> = Vec::new();
+    for p in positions {
+        match out.last_mut() {
+            Some(last) if last[1] == p => last[1] = p + 1,
+            _ => out.push([p, p + 1]),
+        }
+    }
+    out
+}
+
 /// Bytes of chunks per batch request: about a second of a 2 Mbit/s line, so a cut costs little and a few
 /// batches in flight keep a 200 ms link full.
 pub const CHUNK_BATCH_BYTES: usize = 256 << 10;
@@ -140,6 +191,15 @@ pub fn unframe(buf: &mut Vec<u8>, max: usize) -> Result<Vec<(crate::store::Hash,
 mod tests {
     use super::*;
     use crate::store::Hash;
+
+    #[test]
+    fn positions_become_ranges() {
+        assert_eq!(ranges([]), Vec::<[u32; 2]>::new());
+        assert_eq!(ranges([0, 1, 2, 5, 7, 8]), vec![[0, 3], [5, 6], [7, 9]]);
+        let offer = Offer { missing: ranges([3]), ..Offer::default() };
+        assert_eq!(serde_json::to_string(&offer).expect("json"), r#"{"missing":[[3,4]]}"#);
+        assert_eq!(serde_json::from_str::<Offer>("{}").expect("json"), Offer::default());
+    }
 
     #[test]
     fn frames_come_apart_whole_whatever_the_cut() {

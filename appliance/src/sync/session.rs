@@ -14,10 +14,15 @@ use crate::app::App;
 use crate::store::sync::{Change, Record, Sides};
 use crate::store::{Hash, StoreError};
 use crate::sync::chunk::Manifest;
-use crate::sync::chunk::MAX_CHUNK;
 use crate::sync::client::{Client, SyncError};
-use crate::sync::protocol::{self, frame, Hello, Pull, Push, BATCH, CHUNK_BATCH_BYTES, CHUNK_BATCH_COUNT};
+use crate::sync::protocol::{
+    self, frame, Hello, Offer, Pull, Push, BATCH, CHUNK_BATCH_BYTES, CHUNK_BATCH_COUNT, OFFER_BATCH_BYTES,
+    OFFER_BATCH_COUNT,
+};
 use crate::uplink::Class;
+
+/// New content bytes per push batch: about two minutes of a 2 Mbit/s line.
+const PUSH_BYTES: u64 = 32 << 20;
 
 /// What a session did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,14 +61,26 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
         let ask = protocol::Have { files: contents.clone() };
         let held = if contents.is_empty() { Vec::new() } else { blocking(&client, move |c| c.have(&ask)).await?.files };
         let mut present: HashSet<Hash> = held.iter().filter_map(|h| Hash::from_hex(h)).collect();
-        for change in &batch {
-            if let Some((hash, _)) = change.record.content() {
-                if present.insert(hash) {
+        // The batch stops where its new contents pass PUSH_BYTES, so that a day of videos becomes visible at
+        // the region as it goes rather than all at the end (and its manifests stay few in memory).
+        let (mut outgoing, mut bytes, mut take) = (Vec::new(), 0u64, batch.len());
+        for (i, change) in batch.iter().enumerate() {
+            if let Some((hash, size)) = change.record.content() {
+                if !present.contains(&hash) {
+                    if bytes > 0 && bytes + size > PUSH_BYTES {
+                        take = i;
+                        break;
+                    }
+                    present.insert(hash);
+                    bytes += size;
                     let prev = change.version.prev.as_deref().and_then(Hash::from_hex).filter(|p| *p != hash);
-                    report.chunks_up += send_content(app, &client, hash, prev, connections).await?;
+                    outgoing.push((hash, prev));
                 }
             }
         }
+        let mut batch = batch;
+        batch.truncate(take);
+        report.chunks_up += send_contents(app, &client, outgoing, connections).await?;
         let push = Push { changes: batch.clone() };
         let pushed = blocking(&client, move |c| c.push(&push)).await?;
         report.pushed += pushed.applied + pushed.conflicts;
@@ -125,43 +142,110 @@ fn local_base(app: &App, change: &Change) -> Result<Option<Hash>, StoreError> {
     Ok(app.store.stat(path)?.and_then(|e| e.blob()))
 }
 
-/// Makes sure the region holds `hash`: offers its manifest (as a delta against `prev` when the region
-/// probably has that), uploads the chunks it lacks, until it says the file is assembled. Returns the chunks
-/// sent.
-async fn send_content(
+/// A content the region lacks, on its way there.
+struct Outgoing {
+    manifest: Manifest,
+    /// The previous version of the file, which the region probably holds: the manifest goes as a delta.
+    base: Option<Manifest>,
+    /// The region kept this manifest from an earlier offer: naming the file is enough.
+    offered: bool,
+}
+
+/// Rounds of offers before giving up on a file the region will not assemble: the first offer, the one after
+/// the chunks, and a few for bases or manifests the region no longer holds.
+const OFFER_ROUNDS: usize = 6;
+
+/// Makes sure the region holds each of `contents` (a hash and its previous version): offers all their
+/// manifests in a few requests, sends the chunks the region lacks for all of them in shared batches on
+/// several connections, then names the files again so that it assembles them. Returns the chunks sent.
+async fn send_contents(
     app: &Arc<App>,
     client: &Arc<Client>,
-    hash: Hash,
-    prev: Option<Hash>,
+    contents: Vec<(Hash, Option<Hash>)>,
     connections: usize,
 ) -> Result<usize, SyncError> {
     let store = &app.store;
-    let manifest = store.manifest(hash).await?.ok_or_else(|| StoreError::MissingContent(hash.to_hex()))?;
-    let mut base = match prev {
-        Some(prev) => store.manifest(prev).await.ok().flatten(),
-        None => None,
-    };
-    let mut sent = 0;
-    for _ in 0..4 {
-        let bytes = match &base {
-            Some(base) => manifest.encode_delta(base),
-            None => manifest.encode(),
+    let mut pending = Vec::with_capacity(contents.len());
+    for (hash, prev) in contents {
+        let manifest = store.manifest(hash).await?.ok_or_else(|| StoreError::MissingContent(hash.to_hex()))?;
+        let base = match prev {
+            Some(prev) => store.manifest(prev).await.ok().flatten(),
+            None => None,
         };
-        let base_hash = base.as_ref().map(|b| b.file);
-        let reply = blocking(client, move |c| c.content(&bytes, base_hash)).await?;
-        if reply.installed {
+        pending.push(Outgoing { manifest, base, offered: false });
+    }
+    let bad = |message: String| SyncError::BadResponse { url: "contents".into(), message };
+    let mut sent = 0;
+    for _ in 0..OFFER_ROUNDS {
+        if pending.is_empty() {
             return Ok(sent);
         }
-        if reply.base_unknown {
-            base = None;
-            continue;
+        // Offers in requests of up to OFFER_BATCH_BYTES of manifests, several at once.
+        let mut requests: Vec<(Vec<usize>, Vec<u8>)> = Vec::new();
+        for (i, item) in pending.iter().enumerate() {
+            let bytes = match (&item.base, item.offered) {
+                (_, true) => Vec::new(),
+                (Some(base), false) => item.manifest.encode_delta(base),
+                (None, false) => item.manifest.encode(),
+            };
+            let full = requests.last().is_none_or(|(files, body)| {
+                files.len() >= OFFER_BATCH_COUNT || (!files.is_empty() && body.len() + bytes.len() > OFFER_BATCH_BYTES)
+            });
+            if full {
+                requests.push((Vec::new(), Vec::new()));
+            }
+            if let Some((files, body)) = requests.last_mut() {
+                files.push(i);
+                frame(body, &item.manifest.file, &bytes);
+            }
         }
-        let missing: Vec<Hash> = reply.missing.iter().filter_map(|h| Hash::from_hex(h)).collect();
-        sent += missing.len();
-        let lens: BTreeMap<Hash, u32> = manifest.chunks.iter().copied().collect();
-        let sized = missing.into_iter().map(|h| (h, lens.get(&h).copied().unwrap_or(MAX_CHUNK))).collect();
+        let answers = Arc::new(Mutex::new(vec![None; pending.len()]));
+        let into = answers.clone();
+        transfer(client, requests, connections, move |c, (files, body)| {
+            let reply = c.offer(&body)?;
+            if reply.files.len() != files.len() {
+                return Err(bad(format!("{} answers for {} files", reply.files.len(), files.len())));
+            }
+            let mut answers = into.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, offer) in files.into_iter().zip(reply.files) {
+                answers[i] = Some(offer);
+            }
+            Ok(())
+        })
+        .await?;
+        let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(|e| e.into_inner()));
+
+        // What each file still needs; the chunks the region lacks, each once, in file order.
+        let (mut chunks, mut queued, mut next) = (Vec::new(), HashSet::new(), Vec::new());
+        for (mut item, offer) in pending.into_iter().zip(answers) {
+            let offer: Offer = offer.ok_or_else(|| bad("a file without an answer".into()))?;
+            if offer.installed {
+                continue;
+            }
+            if offer.base_unknown {
+                item.base = None;
+                item.offered = false;
+            } else if offer.manifest_unknown {
+                item.offered = false;
+            } else if offer.missing.is_empty() {
+                return Err(bad(format!("{} is neither installed nor missing chunks", item.manifest.file.to_hex())));
+            } else {
+                item.offered = true;
+                for [start, end] in &offer.missing {
+                    let range = item.manifest.chunks.get(*start as usize..*end as usize);
+                    for &(hash, len) in range.ok_or_else(|| bad(format!("chunks {start}..{end} asked")))? {
+                        if queued.insert(hash) {
+                            chunks.push((hash, len));
+                        }
+                    }
+                }
+            }
+            next.push(item);
+        }
+        pending = next;
+        sent += chunks.len();
         let app = app.clone();
-        transfer(client, batches(sized), connections, move |c, batch| {
+        transfer(client, batches(chunks), connections, move |c, batch| {
             let mut framed = Vec::with_capacity(CHUNK_BATCH_BYTES + 4096);
             for (chunk, _) in &batch {
                 let bytes = app
@@ -178,10 +262,13 @@ async fn send_content(
         })
         .await?;
     }
-    Err(SyncError::BadResponse {
-        url: "content".into(),
-        message: format!("the region did not assemble {} after the upload", hash.to_hex()),
-    })
+    match pending.first() {
+        None => Ok(sent),
+        Some(item) => Err(SyncError::BadResponse {
+            url: "contents".into(),
+            message: format!("the region did not assemble {} after the upload", item.manifest.file.to_hex()),
+        }),
+    }
 }
 
 /// Brings `hash` from the region: its manifest (a delta against `base` when the box has one), the chunks the

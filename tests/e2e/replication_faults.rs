@@ -603,6 +603,16 @@ fn a_full_disk_at_the_region_fails_cleanly_and_replication_resumes_once_space_is
     // A login writes a session: it may fail on a full disk, but must not break the store for later.
     let full_login = region.client().login(&lea.login, &password_of(&lea.login)).status;
     eprintln!("full disk: a login at the full region answers {full_login}");
+    // What comes down does not wait for the region's disk: an edit from home reaches the box meanwhile.
+    let from_home = Content { seed: rng.gen(), len: 40 * KIB };
+    put_tls(at_home, "me/maison/pendant.bin", model.bytes(from_home)).expect_status(201);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lea.client.get("me/maison/pendant.bin").status != 200 {
+        assert!(Instant::now() < deadline, "a home edit waits for the region's full disk\n{}", logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(lea.client.get("me/maison/pendant.bin").body == model.bytes(from_home));
+    model.files.insert((lea.login.clone(), "me/maison/pendant.bin".into()), from_home);
     assert!(listed.len() < model.files.len(), "everything fitted: the disk was not full enough to test anything");
 
     // Space comes back: replication resumes by itself and nothing is lost.

@@ -48,8 +48,34 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
     let mut report =
         Report { backlog_changes: reply.backlog_changes, backlog_bytes: reply.backlog_bytes, ..Report::default() };
 
-    // Push: every local change the region has not seen, contents first.
-    let mut region_seen = reply.seen;
+    // A push the region answered with a refusal of its own (its disk is full, its store failed) must not stop
+    // what comes down: edits from home, accounts, deletions still reach the school. The session then reports
+    // the push's failure all the same.
+    let pushed = push(app, &client, reply.seen, connections, &mut report).await;
+    match pushed {
+        Err(e @ SyncError::Status { .. }) if !e.is_refusal() => {
+            log::warn!("pushing failed ({e}); pulling all the same");
+            pull(app, &client, &sides, connections, &mut report).await?;
+            Err(e)
+        }
+        Err(e) => Err(e),
+        Ok(()) => {
+            pull(app, &client, &sides, connections, &mut report).await?;
+            Ok(report)
+        }
+    }
+}
+
+/// Push: every local change the region has not seen, contents first. `report.region_seen` ends as the region's
+/// high-water marks.
+async fn push(
+    app: &Arc<App>,
+    client: &Arc<Client>,
+    mut region_seen: BTreeMap<String, u64>,
+    connections: usize,
+    report: &mut Report,
+) -> Result<(), SyncError> {
+    let store = &app.store;
     loop {
         let batch = store.changes_since("", &[], &region_seen, BATCH)?;
         if batch.is_empty() {
@@ -59,7 +85,7 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
         // question for the whole batch; each other content is sent once, however many files share it.
         let contents: Vec<String> = batch.iter().filter_map(|c| c.record.content()).map(|(h, _)| h.to_hex()).collect();
         let ask = protocol::Have { files: contents.clone() };
-        let held = if contents.is_empty() { Vec::new() } else { blocking(&client, move |c| c.have(&ask)).await?.files };
+        let held = if contents.is_empty() { Vec::new() } else { blocking(client, move |c| c.have(&ask)).await?.files };
         let mut present: HashSet<Hash> = held.iter().filter_map(|h| Hash::from_hex(h)).collect();
         // The batch stops where its new contents pass PUSH_BYTES, so that a day of videos becomes visible at
         // the region as it goes rather than all at the end (and its manifests stay few in memory).
@@ -80,9 +106,9 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
         }
         let mut batch = batch;
         batch.truncate(take);
-        report.chunks_up += send_contents(app, &client, outgoing, connections).await?;
+        report.chunks_up += send_contents(app, client, outgoing, connections).await?;
         let push = Push { changes: batch.clone() };
-        let pushed = blocking(&client, move |c| c.push(&push)).await?;
+        let pushed = blocking(client, move |c| c.push(&push)).await?;
         report.pushed += pushed.applied + pushed.conflicts;
         app.metrics.sync_changes_out.add((pushed.applied + pushed.conflicts) as u64);
         report.conflicts += pushed.conflicts;
@@ -95,11 +121,21 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
         }
     }
     report.region_seen = region_seen;
+    Ok(())
+}
 
-    // Pull: every region change the box has not seen, contents first.
+/// Pull: every region change the box has not seen, contents first.
+async fn pull(
+    app: &Arc<App>,
+    client: &Arc<Client>,
+    sides: &Sides,
+    connections: usize,
+    report: &mut Report,
+) -> Result<(), SyncError> {
+    let store = &app.store;
     loop {
         let pull = Pull { seen: store.high_water("")?, limit: BATCH };
-        let batch = blocking(&client, move |c| c.pull(&pull)).await?;
+        let batch = blocking(client, move |c| c.pull(&pull)).await?;
         if batch.changes.is_empty() {
             break;
         }
@@ -108,11 +144,11 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
                 if !store.has_blob(hash) {
                     let base = local_base(app, change)?;
                     let class = class_of(change);
-                    report.chunks_down += fetch_content(app, &client, hash, base, class, connections).await?;
+                    report.chunks_down += fetch_content(app, client, hash, base, class, connections).await?;
                 }
             }
         }
-        let applied = store.apply_remote("", &[], &batch.changes, &sides).await?;
+        let applied = store.apply_remote("", &[], &batch.changes, sides).await?;
         report.pulled += applied.applied + applied.conflicts;
         app.metrics.sync_changes_in.add((applied.applied + applied.conflicts) as u64);
         app.metrics.sync_conflicts.add(applied.conflicts as u64);
@@ -121,7 +157,7 @@ pub async fn run(app: &Arc<App>, client: Arc<Client>, connections: usize) -> Res
             break;
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Resources the region publishes for every school (`school/ressources/`) are bulk material that nobody is

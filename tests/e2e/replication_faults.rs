@@ -744,3 +744,38 @@ fn a_transfer_cut_by_gateway_kills_resumes_where_it_stopped() {
     assert!(sent <= bound, "resuming re-sent too much: {sent} bytes of chunks for {size} (bound {bound})");
     assert_eq!(dir_bytes(&stage), 0, "staged chunks stay at the region after the files were assembled");
 }
+
+#[test]
+fn a_full_disk_on_the_box_refuses_an_upload_and_the_box_keeps_serving() {
+    let disk = match SmallDisk::mount(56 * MIB) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED a_full_disk_on_the_box_refuses_an_upload_and_the_box_keeps_serving: {why}");
+            return;
+        }
+    };
+    let mut relais = Relais::unstarted(NO_QUOTAS, Some(ADMIN_PASSWORD));
+    move_onto(&relais.data_dir(), disk.path());
+    relais.respawn();
+    let admin = relais.admin();
+    let kept = content(1, 2 * MIB);
+    admin.put("me/avant.bin", &kept).expect_status(201);
+    // Bigger than what is left above the reserve kept for the metadata: refused, nothing kept.
+    let too_big = content(2, disk.free());
+    let resp = admin.try_put("me/trop-gros.bin", &too_big);
+    match resp {
+        Ok(resp) => {
+            assert_eq!(resp.status, 507, "{resp:?}");
+            assert!(resp.error_message().contains("plein"), "{}", resp.error_message());
+        }
+        // The box may answer and close before the client has sent everything.
+        Err(e) => eprintln!("the upload was cut by the 507 before it was all sent: {e}"),
+    }
+    assert_eq!(admin.get("me/trop-gros.bin").status, 404);
+    // The metadata still writes: a new login, a small upload, the old file intact.
+    let again = relais.admin();
+    again.put("me/apres.txt", b"encore de la place pour ceci").expect_status(201);
+    assert_eq!(again.get("me/avant.bin").body, kept);
+    assert_eq!(again.quota_used(), kept.len() as u64 + 28);
+    relais.stop();
+}

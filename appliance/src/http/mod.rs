@@ -124,6 +124,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotADirectory => ApiError::Conflict("un fichier porte déjà ce nom de dossier".into()),
             StoreError::IsADirectory => ApiError::Conflict("un dossier porte déjà ce nom".into()),
             StoreError::QuotaExceeded => ApiError::QuotaExceeded,
+            StoreError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                log::error!("disk full: {e}");
+                ApiError::DiskFull("espace disque du serveur plein : prévenez l'administrateur de l'école".into())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -245,7 +245,10 @@ impl BlobWriter {
         };
         let mut hasher = std::mem::take(&mut self.hasher);
         let path = self.path.clone();
+        let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let (file, hasher) = tokio::task::spawn_blocking(move || {
+            // LAN uploads keep the same reserve as replication: a full disk must never reach the metadata.
+            ensure_room(&dir, buf.len() as u64).map_err(|e| StoreError::io(&path, e))?;
             hasher.update(&buf);
             file.write_all(&buf).map_err(|e| StoreError::io(&path, e))?;
             Ok::<_, StoreError>((file, hasher))

@@ -130,6 +130,38 @@ impl App {
         }
     }
 
+    /// Changes a logged-in user's password, after checking the current one (throttled like a login). The
+    /// change replicates: the new password works at school and at home after the next sync.
+    pub async fn change_password(
+        &self,
+        user: &User,
+        current: &str,
+        new: &str,
+        client: IpAddr,
+    ) -> Result<(), LoginError> {
+        if let Err(wait) = self.throttle.check(&user.login, client) {
+            return Err(LoginError::Throttled(wait));
+        }
+        let (current, phc) = (current.to_string(), user.password_hash.clone());
+        if !self.hash_work(move || account::verify_password(&current, &phc)).await.unwrap_or(false) {
+            self.throttle.failed(&user.login, client);
+            return Err(LoginError::BadCredentials);
+        }
+        if new.chars().count() < 8 {
+            return Err(LoginError::WeakPassword);
+        }
+        let new = new.to_string();
+        let mut updated = self.store.user(&user.login)?.ok_or(LoginError::BadCredentials)?;
+        updated.password_hash = self
+            .hash_work(move || account::hash_password(&new))
+            .await?
+            .map_err(|e| StoreError::io(Path::new("argon2"), std::io::Error::other(e.to_string())))?;
+        updated.password_changed = store::now_ms();
+        self.store.put_user(&updated).await?;
+        log::info!("user {} changed their password from {client}", user.login);
+        Ok(())
+    }
+
     /// What `relais status` and the admin page show.
     pub fn status(&self) -> crate::status::Status {
         crate::status::gather(&crate::status::Sources {

@@ -261,3 +261,51 @@ fn the_region_imports_a_schools_directory_and_it_flows_down() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_password_changed_at_home_works_at_school_and_the_reverse() {
+    let mut region = Region::init(None);
+    region.serve();
+    let relais = replicating_box(&region.bundle(UAI, "École des Tilleuls", None, &[]));
+    wait_enrolled(&relais);
+    let logs = || format!("box:\n{}\nregion:\n{}", relais.stderr_tail(), region.stderr_tail());
+    let admin = relais.admin();
+    let lea = relais.user(&admin, "lea.martin", "pupil", &["CM2"], &[]);
+    let home = region_login(&region, "lea.martin", &logs);
+    let change = |client: &Client, current: &str, new: &str| {
+        let body = serde_json::json!({ "current": current, "new": new });
+        client.post_json("/api/password", &body).expect_status(204);
+    };
+    // A wrong current password changes nothing.
+    let wrong = home.post_json("/api/password", &serde_json::json!({ "current": "pas le bon", "new": "nouveau-mdp" }));
+    assert_eq!(wrong.status, 401);
+
+    // Logins are throttled: wait for the change to arrive (the box applied a change from the region), then
+    // try once.
+    let arrived = changes_in(&relais);
+    change(&home, &password_of("lea.martin"), "change-a-la-maison");
+    wait_until("the change reaches the box", CONVERGE, || changes_in(&relais) > arrived);
+    assert_eq!(relais.anonymous().login("lea.martin", "change-a-la-maison").status, 200, "{}", logs());
+    assert_eq!(relais.anonymous().login("lea.martin", &password_of("lea.martin")).status, 401, "the old one is gone");
+    drop(lea);
+
+    let school = relais.login("lea.martin", "change-a-la-maison");
+    let sent = changes_out(&relais);
+    change(&school, "change-a-la-maison", "change-a-l-ecole");
+    wait_until("the change reaches the region", CONVERGE, || changes_out(&relais) > sent);
+    assert_eq!(region.client().login("lea.martin", "change-a-l-ecole").status, 200, "{}", logs());
+}
+
+/// A counter of the box's `/metrics` (read from loopback).
+fn metric(relais: &Relais, line_start: &str) -> u64 {
+    let text = relais.anonymous().call("GET", "/metrics").expect_status(200).text();
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}
+
+fn changes_in(relais: &Relais) -> u64 {
+    metric(relais, "relais_sync_changes_total{direction=\"in\"}")
+}
+
+fn changes_out(relais: &Relais) -> u64 {
+    metric(relais, "relais_sync_changes_total{direction=\"out\"}")
+}

@@ -73,6 +73,21 @@ pub async fn activate(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError>
     Ok(resp)
 }
 
+#[derive(Deserialize)]
+struct PasswordChange {
+    current: String,
+    new: String,
+}
+
+/// `POST /api/password` `{"current","new"}`: the logged-in user changes their password → 204.
+pub async fn change_password(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    let user = ctx.authenticate(req.headers())?;
+    let idle = ctx.app.config.limits.body_idle_timeout.0;
+    let change: PasswordChange = body::read_json(req, idle).await?;
+    ctx.app.change_password(&user, &change.current, &change.new, ctx.peer.ip()).await?;
+    Ok(with_status(StatusCode::NO_CONTENT, super::empty()))
+}
+
 pub async fn logout(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     ctx.authenticate(req.headers())?;
     if let Some((key, _)) = &ctx.session {

@@ -282,6 +282,7 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (&Method::POST, "/api/login") => auth::login(ctx, req).await,
         (&Method::POST, "/api/logout") => auth::logout(ctx, req).await,
         (&Method::POST, "/api/activate") => auth::activate(ctx, req).await,
+        (&Method::POST, "/api/password") => auth::change_password(ctx, req).await,
         (&Method::GET, "/api/me") => auth::me(ctx, &req),
         (_, "/api/admin/status") => admin::status(ctx, &req),
         (_, "/api/admin/users") => admin::users(ctx, req).await,

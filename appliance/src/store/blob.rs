@@ -44,15 +44,24 @@ impl fmt::Debug for Hash {
 /// into it is refused as a full disk; metadata changes still go through.
 pub const KEEP_FREE: u64 = 32 << 20;
 
+/// Room LAN uploads leave free: less than replication's, so that when replication has filled the disk to its
+/// reserve the school's users can still save their work, and the metadata still has room after them.
+pub const KEEP_FREE_FOR_USERS: u64 = 8 << 20;
+
 /// `Ok` when `bytes` more can be written on `dir`'s disk leaving [`KEEP_FREE`]; a `StorageFull` error otherwise
 /// (and `Ok` when the filesystem cannot say).
 pub fn ensure_room(dir: &Path, bytes: u64) -> io::Result<()> {
+    ensure_room_leaving(dir, bytes, KEEP_FREE)
+}
+
+/// As [`ensure_room`], leaving `keep` bytes.
+pub fn ensure_room_leaving(dir: &Path, bytes: u64, keep: u64) -> io::Result<()> {
     let Ok(stat) = nix::sys::statvfs::statvfs(dir) else { return Ok(()) };
     let free: u64 = stat.blocks_available().saturating_mul(stat.fragment_size());
-    if free < bytes.saturating_add(KEEP_FREE) {
+    if free < bytes.saturating_add(keep) {
         return Err(io::Error::new(
             io::ErrorKind::StorageFull,
-            format!("{free} bytes free, {bytes} wanted, {KEEP_FREE} kept for the metadata"),
+            format!("{free} bytes free, {bytes} wanted, {keep} kept for the metadata"),
         ));
     }
     Ok(())
@@ -247,8 +256,8 @@ impl BlobWriter {
         let path = self.path.clone();
         let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let (file, hasher) = tokio::task::spawn_blocking(move || {
-            // LAN uploads keep the same reserve as replication: a full disk must never reach the metadata.
-            ensure_room(&dir, buf.len() as u64).map_err(|e| StoreError::io(&path, e))?;
+            // A full disk must never reach the metadata (see `KEEP_FREE_FOR_USERS`).
+            ensure_room_leaving(&dir, buf.len() as u64, KEEP_FREE_FOR_USERS).map_err(|e| StoreError::io(&path, e))?;
             hasher.update(&buf);
             file.write_all(&buf).map_err(|e| StoreError::io(&path, e))?;
             Ok::<_, StoreError>((file, hasher))

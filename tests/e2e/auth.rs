@@ -316,3 +316,33 @@ fn admin_password_is_printed_when_not_given() {
     assert!(!lines.iter().any(|l| l.contains(&password)), "password printed again after restart: {lines:#?}");
     relais.login("admin", &password);
 }
+
+#[test]
+fn a_user_changes_their_password_from_the_portal() {
+    let relais = Relais::start("");
+    let admin = relais.admin();
+    let lea = relais.user(&admin, "lea.martin", "pupil", &["CM2"], &[]);
+    let page = lea.call("GET", "/compte").expect_status(200).text();
+    assert!(page.contains("Changer mon mot de passe"), "{page}");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf").to_string();
+    let post = |current: &str, new: &str, confirm: &str| {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("csrf", &csrf)
+            .append_pair("current", current)
+            .append_pair("new", new)
+            .append_pair("confirm", confirm)
+            .finish();
+        let req = lea.request("POST", "/compte").set("Content-Type", "application/x-www-form-urlencoded");
+        Client::send(req, Some(body.as_bytes()))
+    };
+    let old = password_of("lea.martin");
+    assert_eq!(post("pas-le-bon-mot", "nouveau-mdp-1", "nouveau-mdp-1").status, 401);
+    assert_eq!(post(&old, "nouveau-mdp-1", "autre-chose").status, 400);
+    assert_eq!(post(&old, "court", "court").status, 400);
+    assert_eq!(relais.anonymous().login("lea.martin", &old).status, 200, "nothing changed yet");
+    let done = post(&old, "nouveau-mdp-1", "nouveau-mdp-1");
+    assert_eq!(done.status, 200);
+    assert!(done.text().contains("Mot de passe changé"), "{}", done.text());
+    assert_eq!(relais.anonymous().login("lea.martin", "nouveau-mdp-1").status, 200);
+    assert_eq!(relais.anonymous().login("lea.martin", &old).status, 401);
+}

@@ -92,6 +92,7 @@ fn page(status: StatusCode, title: &str, user: Option<(&User, &Session)>, school
                     @if !school.is_empty() { span { (school) } }
                     @if let Some((user, session)) = user {
                         span.qui { (user.display_name) " (" (user.role.label()) ")" }
+                        a href="/compte" { "Mot de passe" }
                         form method="post" action="/deconnexion" {
                             input type="hidden" name="csrf" value=(session.csrf);
                             button type="submit" { "Se déconnecter" }
@@ -151,6 +152,11 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (Method::POST, "/connexion/activation") => activation_submit(ctx, req).await,
         (Method::POST, "/deconnexion") => logout(ctx, req).await,
         (Method::GET, "/accueil") => home(ctx, &req),
+        (Method::GET, "/compte") => {
+            let (user, session) = logged_in(ctx, req.headers())?;
+            Ok(password_page(ctx, &user, &session, StatusCode::OK, None))
+        }
+        (Method::POST, "/compte") => password_submit(ctx, req).await,
         (Method::GET, "/admin/comptes") => accounts(ctx, &req),
         (Method::GET, "/admin/import") => import_page(ctx, &req),
         (Method::POST, "/admin/import") => import_submit(ctx, req).await,
@@ -177,6 +183,56 @@ fn check_csrf(expected: &str, form: &HashMap<String, String>) -> Result<(), ApiE
             "formulaire expiré ou venu d'un autre site : rechargez la page et recommencez".into(),
         )),
     }
+}
+
+/// `/compte`: the user changes their password (it then works at school and at home after the next sync).
+fn password_page(
+    ctx: &Ctx,
+    user: &User,
+    session: &Session,
+    status: StatusCode,
+    notice: Option<(bool, &str)>,
+) -> Response {
+    let content = html! {
+        h1 { "Changer mon mot de passe" }
+        @if let Some((ok, text)) = notice {
+            @if ok { p.msg role="status" { (text) } } @else { p.err role="alert" { (text) } }
+        }
+        form method="post" action="/compte" {
+            input type="hidden" name="csrf" value=(session.csrf);
+            label for="current" { "Mot de passe actuel" }
+            input #current name="current" type="password" autocomplete="current-password" required;
+            label for="new" { "Nouveau mot de passe (8 caractères au moins)" }
+            input #new name="new" type="password" autocomplete="new-password" minlength="8" required;
+            label for="confirm" { "Nouveau mot de passe, encore une fois" }
+            input #confirm name="confirm" type="password" autocomplete="new-password" minlength="8" required;
+            button type="submit" { "Changer le mot de passe" }
+        }
+        p { "Le nouveau mot de passe vaut aussi pour l'ENT à la maison, dès la prochaine synchronisation." }
+    };
+    page(status, "Mot de passe", Some((user, session)), &ctx.app.config.identity.name, content)
+}
+
+async fn password_submit(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
+    let (user, session) = logged_in(ctx, req.headers())?;
+    let form = read_form(ctx, req).await?;
+    check_csrf(&session.csrf, &form)?;
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    if field("new") != field("confirm") {
+        let text = "Les deux nouveaux mots de passe sont différents.";
+        return Ok(password_page(ctx, &user, &session, StatusCode::BAD_REQUEST, Some((false, text))));
+    }
+    let (status, notice) = match ctx.app.change_password(&user, &field("current"), &field("new"), ctx.peer.ip()).await {
+        Ok(()) => (StatusCode::OK, (true, "Mot de passe changé.".to_string())),
+        Err(crate::app::LoginError::BadCredentials) => {
+            (StatusCode::UNAUTHORIZED, (false, "Le mot de passe actuel n'est pas le bon.".to_string()))
+        }
+        Err(e) => {
+            let e = ApiError::from(e);
+            (e.status(), (false, e.to_string()))
+        }
+    };
+    Ok(password_page(ctx, &user, &session, status, Some((notice.0, &notice.1))))
 }
 
 async fn read_form(ctx: &Ctx, req: Request) -> Result<HashMap<String, String>, ApiError> {

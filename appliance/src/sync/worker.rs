@@ -21,6 +21,9 @@ use crate::uplink::Scheduler;
 const SETTLE: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Longest life of a client across sessions: the gateway checks revocation when a connection is made, so a
+/// revoked box busy enough never to idle is still turned away within this.
+const REUSE_AGE: Duration = Duration::from_secs(600);
 
 /// What the admin page, `relais status` and `/metrics` show of replication. Times are Unix seconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -73,6 +76,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHan
         let interval = app.config.uplink.sync_interval.0;
         let connections = app.config.uplink.connections as usize;
         let mut pause = Duration::ZERO;
+        let mut cached = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
@@ -84,8 +88,8 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHan
                 }
                 _ = stop.changed() => return,
             }
-            let client = match client(&app, &gateway, connections, scheduler.clone()) {
-                Ok(client) => Arc::new(client),
+            let client = match client(&app, &gateway, connections, &scheduler, &mut cached) {
+                Ok(client) => client,
                 Err(SyncError::NotEnrolled) => {
                     pause = interval;
                     continue;
@@ -141,6 +145,8 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHan
                     pause = interval;
                 }
                 Err(e) => {
+                    // Connections that lived through the failure may be dead (a cut line): start afresh.
+                    cached = None;
                     app.metrics.sync_sessions_failed.inc();
                     let failures = record_failure(&status, &e, &app);
                     pause = backoff(failures).min(interval.max(FIRST_BACKOFF));
@@ -174,16 +180,41 @@ fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(10)).min(MAX_BACKOFF)
 }
 
-/// A client with the box's current certificate (renewed ones are picked up at the next session).
-fn client(app: &App, gateway: &str, connections: usize, scheduler: Arc<Scheduler>) -> Result<Client, SyncError> {
+/// The client of the last session, while the box's certificate and the regional root are the same ones
+/// (checked at every session, so a renewal is picked up at the next) and it is younger than [`REUSE_AGE`]:
+/// its recently used connections and its TLS sessions carry over, so sessions in quick succession (a class
+/// handing in) do not each begin with new handshakes, two round trips and a few kilobytes on a 200 ms line.
+fn client(
+    app: &App,
+    gateway: &str,
+    connections: usize,
+    scheduler: &Arc<Scheduler>,
+    cached: &mut Option<Cached>,
+) -> Result<Arc<Client>, SyncError> {
     let data = &app.config.storage.data;
     let id = Identity::load(data).map_err(|e| SyncError::Identity(e.to_string()))?.ok_or(SyncError::NotEnrolled)?;
     if !id.is_enrolled() {
         return Err(SyncError::NotEnrolled);
     }
     let chain = id.box_chain_pem().map_err(|e| SyncError::Identity(e.to_string()))?.ok_or(SyncError::NotEnrolled)?;
+    let key_of = format!("{chain}{}", id.region_ca_pem);
+    if let Some(c) = cached.as_ref() {
+        if c.key == key_of && c.made.elapsed() < REUSE_AGE {
+            return Ok(c.client.clone());
+        }
+    }
     let key = id.box_key().map_err(|e| SyncError::Identity(e.to_string()))?;
     let tls = crate::enroll::client::tls_config(&id.region_ca_pem, Some((&chain, key.pkcs8_der())))
         .map_err(|e| SyncError::Identity(e.to_string()))?;
-    Ok(Client::new(gateway, tls, connections, scheduler))
+    let client = Arc::new(Client::new(gateway, tls, connections, scheduler.clone()));
+    *cached = Some(Cached { key: key_of, client: client.clone(), made: std::time::Instant::now() });
+    Ok(client)
+}
+
+/// The last session's client, see [`client`].
+struct Cached {
+    /// The certificate chain and regional root it was made with.
+    key: String,
+    client: Arc<Client>,
+    made: std::time::Instant,
 }

@@ -21,7 +21,7 @@ use crate::sync::protocol::{
 };
 use crate::uplink::Class;
 
-/// New content bytes per push batch: about two minutes of a 2 Mbit/s line.
+/// Bytes the region lacks per push batch: about two minutes of a 2 Mbit/s line.
 const PUSH_BYTES: u64 = 32 << 20;
 
 /// What a session did.
@@ -87,26 +87,24 @@ async fn push(
         let ask = protocol::Have { files: contents.clone() };
         let held = if contents.is_empty() { Vec::new() } else { blocking(client, move |c| c.have(&ask)).await?.files };
         let mut present: HashSet<Hash> = held.iter().filter_map(|h| Hash::from_hex(h)).collect();
-        // The batch stops where its new contents pass PUSH_BYTES, so that a day of videos becomes visible at
-        // the region as it goes rather than all at the end (and its manifests stay few in memory).
-        let (mut outgoing, mut bytes, mut take) = (Vec::new(), 0u64, batch.len());
+        // (Change, content, previous version) of each content to send, in change order.
+        let mut outgoing = Vec::new();
         for (i, change) in batch.iter().enumerate() {
-            if let Some((hash, size)) = change.record.content() {
-                if !present.contains(&hash) {
-                    if bytes > 0 && bytes + size > PUSH_BYTES {
-                        take = i;
-                        break;
-                    }
-                    present.insert(hash);
-                    bytes += size;
+            if let Some((hash, _)) = change.record.content() {
+                if present.insert(hash) {
                     let prev = change.version.prev.as_deref().and_then(Hash::from_hex).filter(|p| *p != hash);
-                    outgoing.push((hash, prev));
+                    outgoing.push((i, hash, prev));
                 }
             }
         }
+        let contents: Vec<(Hash, Option<Hash>)> = outgoing.iter().map(|&(_, hash, prev)| (hash, prev)).collect();
+        let (chunks, placed) = send_contents(app, client, &contents, connections).await?;
+        report.chunks_up += chunks;
+        // The batch ends before the first content this round could not carry.
         let mut batch = batch;
-        batch.truncate(take);
-        report.chunks_up += send_contents(app, client, outgoing, connections).await?;
+        if let Some(&(cut, _, _)) = outgoing.get(placed) {
+            batch.truncate(cut);
+        }
         let push = Push { changes: batch.clone() };
         let pushed = blocking(client, move |c| c.push(&push)).await?;
         report.pushed += pushed.applied + pushed.conflicts;
@@ -187,74 +185,85 @@ struct Outgoing {
     offered: bool,
 }
 
-/// Rounds of offers before giving up on a file the region will not assemble: the first offer, the one after
-/// the chunks, and a few for bases or manifests the region no longer holds.
-const OFFER_ROUNDS: usize = 6;
-
-/// Makes sure the region holds each of `contents` (a hash and its previous version): offers all their
-/// manifests in a few requests, sends the chunks the region lacks for all of them in shared batches on
-/// several connections, then names the files again so that it assembles them. Returns the chunks sent.
-async fn send_contents(
-    app: &Arc<App>,
-    client: &Arc<Client>,
-    contents: Vec<(Hash, Option<Hash>)>,
-    connections: usize,
-) -> Result<usize, SyncError> {
-    let store = &app.store;
-    let mut pending = Vec::with_capacity(contents.len());
-    for (hash, prev) in contents {
+impl Outgoing {
+    async fn load(app: &App, hash: Hash, prev: Option<Hash>) -> Result<Outgoing, SyncError> {
+        let store = &app.store;
         let manifest = store.manifest(hash).await?.ok_or_else(|| StoreError::MissingContent(hash.to_hex()))?;
         let base = match prev {
             Some(prev) => store.manifest(prev).await.ok().flatten(),
             None => None,
         };
-        pending.push(Outgoing { manifest, base, offered: false });
+        Ok(Outgoing { manifest, base, offered: false })
     }
-    let bad = |message: String| SyncError::BadResponse { url: "contents".into(), message };
-    let mut sent = 0;
-    for _ in 0..OFFER_ROUNDS {
-        if pending.is_empty() {
-            return Ok(sent);
-        }
-        // Offers in requests of up to OFFER_BATCH_BYTES of manifests, several at once.
-        let mut requests: Vec<(Vec<usize>, Vec<u8>)> = Vec::new();
-        for (i, item) in pending.iter().enumerate() {
-            let bytes = match (&item.base, item.offered) {
-                (_, true) => Vec::new(),
-                (Some(base), false) => item.manifest.encode_delta(base),
-                (None, false) => item.manifest.encode(),
-            };
-            let full = requests.last().is_none_or(|(files, body)| {
-                files.len() >= OFFER_BATCH_COUNT || (!files.is_empty() && body.len() + bytes.len() > OFFER_BATCH_BYTES)
-            });
-            if full {
-                requests.push((Vec::new(), Vec::new()));
-            }
-            if let Some((files, body)) = requests.last_mut() {
-                files.push(i);
-                frame(body, &item.manifest.file, &bytes);
-            }
-        }
-        let answers = Arc::new(Mutex::new(vec![None; pending.len()]));
-        let into = answers.clone();
-        transfer(client, requests, connections, move |c, (files, body)| {
-            let reply = c.offer(&body)?;
-            if reply.files.len() != files.len() {
-                return Err(bad(format!("{} answers for {} files", reply.files.len(), files.len())));
-            }
-            let mut answers = into.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, offer) in files.into_iter().zip(reply.files) {
-                answers[i] = Some(offer);
-            }
-            Ok(())
-        })
-        .await?;
-        let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(|e| e.into_inner()));
 
+    /// What an offer carries for this file: its manifest, as a delta when there is a base, or nothing once
+    /// the region keeps it.
+    fn offer(&self) -> Vec<u8> {
+        match (&self.base, self.offered) {
+            (_, true) => Vec::new(),
+            (Some(base), false) => self.manifest.encode_delta(base),
+            (None, false) => self.manifest.encode(),
+        }
+    }
+
+    /// Bytes of the chunks `offer` says the region lacks.
+    fn lacking(&self, offer: &Offer) -> u64 {
+        let chunks = &self.manifest.chunks;
+        let range = |&[start, end]: &[u32; 2]| chunks.get(start as usize..end as usize).unwrap_or_default();
+        offer.missing.iter().flat_map(range).map(|&(_, len)| u64::from(len)).sum()
+    }
+}
+
+/// Rounds of offers after the first before giving up on a file the region will not assemble: the one after
+/// the chunks, and a few for bases or manifests the region no longer holds.
+const OFFER_ROUNDS: usize = 5;
+/// Most content a push batch offers, whatever the region lacks of it: bounds the manifests in memory (about
+/// 0.45 % of it) when large files changed little.
+const OFFER_CONTENT: u64 = 4 << 30;
+
+fn bad_offer(message: String) -> SyncError {
+    SyncError::BadResponse { url: "contents".into(), message }
+}
+
+/// Makes sure the region holds contents (a hash and its previous version), in order: offers their manifests,
+/// a request at a time, until the region lacks [`PUSH_BYTES`] of them; sends the chunks it lacks for all the
+/// files offered in shared batches on several connections; then names those files again so that it
+/// assembles them. Returns the chunks sent and how many contents (a prefix) are now at the region: the push
+/// batch ends there, so that a day of videos becomes visible as it goes, and what a batch costs is what the
+/// region lacks, not the size of the files (ten 100 MB files edited in a few places go together).
+async fn send_contents(
+    app: &Arc<App>,
+    client: &Arc<Client>,
+    contents: &[(Hash, Option<Hash>)],
+    connections: usize,
+) -> Result<(usize, usize), SyncError> {
+    let (mut taken, mut lacking, mut covered) = (0, 0u64, 0u64);
+    let mut answered = Vec::new();
+    while taken < contents.len() && lacking < PUSH_BYTES && covered < OFFER_CONTENT {
+        let (mut group, mut body) = (Vec::new(), Vec::new());
+        while taken < contents.len() && group.len() < OFFER_BATCH_COUNT && body.len() < OFFER_BATCH_BYTES {
+            let (hash, prev) = contents[taken];
+            taken += 1;
+            let item = Outgoing::load(app, hash, prev).await?;
+            frame(&mut body, &hash, &item.offer());
+            covered += item.manifest.size;
+            group.push(item);
+        }
+        let reply = blocking(client, move |c| c.offer(&body)).await?;
+        if reply.files.len() != group.len() {
+            return Err(bad_offer(format!("{} answers for {} files", reply.files.len(), group.len())));
+        }
+        for (item, offer) in group.into_iter().zip(reply.files) {
+            lacking += item.lacking(&offer);
+            answered.push((item, offer));
+        }
+    }
+
+    let mut sent = 0;
+    for _ in 0..=OFFER_ROUNDS {
         // What each file still needs; the chunks the region lacks, each once, in file order.
-        let (mut chunks, mut queued, mut next) = (Vec::new(), HashSet::new(), Vec::new());
-        for (mut item, offer) in pending.into_iter().zip(answers) {
-            let offer: Offer = offer.ok_or_else(|| bad("a file without an answer".into()))?;
+        let (mut chunks, mut queued, mut pending) = (Vec::new(), HashSet::new(), Vec::new());
+        for (mut item, offer) in answered {
             if offer.installed {
                 continue;
             }
@@ -264,47 +273,102 @@ async fn send_contents(
             } else if offer.manifest_unknown {
                 item.offered = false;
             } else if offer.missing.is_empty() {
-                return Err(bad(format!("{} is neither installed nor missing chunks", item.manifest.file.to_hex())));
+                let file = item.manifest.file.to_hex();
+                return Err(bad_offer(format!("{file} is neither installed nor missing chunks")));
             } else {
                 item.offered = true;
                 for [start, end] in &offer.missing {
                     let range = item.manifest.chunks.get(*start as usize..*end as usize);
-                    for &(hash, len) in range.ok_or_else(|| bad(format!("chunks {start}..{end} asked")))? {
+                    for &(hash, len) in range.ok_or_else(|| bad_offer(format!("chunks {start}..{end} asked")))? {
                         if queued.insert(hash) {
                             chunks.push((hash, len));
                         }
                     }
                 }
             }
-            next.push(item);
+            pending.push(item);
         }
-        pending = next;
         sent += chunks.len();
-        let app = app.clone();
-        transfer(client, batches(chunks), connections, move |c, batch| {
-            let mut framed = Vec::with_capacity(CHUNK_BATCH_BYTES + 4096);
-            for (chunk, _) in &batch {
-                let bytes = app
-                    .store
-                    .local_chunk(chunk)
-                    .map_err(|e| SyncError::Store(StoreError::io(std::path::Path::new("chunk"), e)))?
-                    .ok_or_else(|| StoreError::MissingContent(chunk.to_hex()))?;
-                app.metrics.sync_chunk_bytes_out.add(bytes.len() as u64);
-                frame(&mut framed, chunk, &bytes);
-            }
-            c.put_chunks(&framed)?;
-            app.metrics.sync_chunks_out.add(batch.len() as u64);
-            Ok(())
-        })
-        .await?;
+        send_chunks(app, client, chunks, connections).await?;
+        if pending.is_empty() {
+            return Ok((sent, taken));
+        }
+        answered = offer_again(client, pending, connections).await?;
     }
-    match pending.first() {
-        None => Ok(sent),
-        Some(item) => Err(SyncError::BadResponse {
-            url: "contents".into(),
-            message: format!("the region did not assemble {} after the upload", item.manifest.file.to_hex()),
-        }),
+    match answered.first() {
+        None => Ok((sent, taken)),
+        Some((item, _)) => {
+            Err(bad_offer(format!("the region did not assemble {} after the upload", item.manifest.file.to_hex())))
+        }
     }
+}
+
+/// Offers `items` again, in requests of up to `OFFER_BATCH_BYTES` of manifests, several at once.
+async fn offer_again(
+    client: &Arc<Client>,
+    items: Vec<Outgoing>,
+    connections: usize,
+) -> Result<Vec<(Outgoing, Offer)>, SyncError> {
+    let mut requests: Vec<(Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let bytes = item.offer();
+        let full = requests.last().is_none_or(|(files, body)| {
+            files.len() >= OFFER_BATCH_COUNT || (!files.is_empty() && body.len() + bytes.len() > OFFER_BATCH_BYTES)
+        });
+        if full {
+            requests.push((Vec::new(), Vec::new()));
+        }
+        if let Some((files, body)) = requests.last_mut() {
+            files.push(i);
+            frame(body, &item.manifest.file, &bytes);
+        }
+    }
+    let answers = Arc::new(Mutex::new(vec![None; items.len()]));
+    let into = answers.clone();
+    transfer(client, requests, connections, move |c, (files, body)| {
+        let reply = c.offer(&body)?;
+        if reply.files.len() != files.len() {
+            return Err(bad_offer(format!("{} answers for {} files", reply.files.len(), files.len())));
+        }
+        let mut answers = into.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, offer) in files.into_iter().zip(reply.files) {
+            answers[i] = Some(offer);
+        }
+        Ok(())
+    })
+    .await?;
+    let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(|e| e.into_inner()));
+    items
+        .into_iter()
+        .zip(answers)
+        .map(|(item, offer)| Ok((item, offer.ok_or_else(|| bad_offer("a file without an answer".into()))?)))
+        .collect()
+}
+
+/// Uploads `chunks` (read from the local blobs that hold them) in framed batches on several connections.
+async fn send_chunks(
+    app: &Arc<App>,
+    client: &Arc<Client>,
+    chunks: Vec<(Hash, u32)>,
+    connections: usize,
+) -> Result<(), SyncError> {
+    let app = app.clone();
+    transfer(client, batches(chunks), connections, move |c, batch| {
+        let mut framed = Vec::with_capacity(CHUNK_BATCH_BYTES + 4096);
+        for (chunk, _) in &batch {
+            let bytes = app
+                .store
+                .local_chunk(chunk)
+                .map_err(|e| SyncError::Store(StoreError::io(std::path::Path::new("chunk"), e)))?
+                .ok_or_else(|| StoreError::MissingContent(chunk.to_hex()))?;
+            app.metrics.sync_chunk_bytes_out.add(bytes.len() as u64);
+            frame(&mut framed, chunk, &bytes);
+        }
+        c.put_chunks(&framed)?;
+        app.metrics.sync_chunks_out.add(batch.len() as u64);
+        Ok(())
+    })
+    .await
 }
 
 /// Brings `hash` from the region: its manifest (a delta against `base` when the box has one), the chunks the

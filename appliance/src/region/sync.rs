@@ -170,6 +170,37 @@ pub async fn handle(ctx: &mut Ctx, gateway: &Gateway, req: Request) -> Result<Re
             };
             Ok(binary(bytes))
         }
+        (Method::POST, "manifests") => {
+            // `GET manifest/` for a group of files in one round trip (see `protocol`).
+            let ask: protocol::ManifestAsk = read_json(req, idle).await?;
+            if ask.files.len() > protocol::OFFER_BATCH_COUNT {
+                return Err(ApiError::BadRequest(format!("au plus {} fichiers par lot", protocol::OFFER_BATCH_COUNT)));
+            }
+            let files: Vec<(Hash, Option<Hash>)> = ask
+                .files
+                .iter()
+                .map(|w| Ok((hash_in(&w.file)?, w.base.as_deref().map(hash_in).transpose()?)))
+                .collect::<Result<_, ApiError>>()?;
+            if !gateway.offers.with(&uai, |o| files.iter().all(|(file, _)| o.blobs.contains(file))) {
+                return Err(ApiError::Forbidden);
+            }
+            let mut out = Vec::new();
+            for (file, base) in files {
+                let manifest = store.manifest(file).await.map_err(internal)?.ok_or(ApiError::NotFound)?;
+                gateway.offers.with(&uai, |o| o.chunks.extend(manifest.chunks.iter().map(|(h, _)| *h)));
+                // As for `manifest/`: the whole manifest when the base is not held here or unreadable.
+                let base = match base {
+                    Some(base) => store.manifest(base).await.ok().flatten(),
+                    None => None,
+                };
+                let bytes = match &base {
+                    Some(base) => manifest.encode_delta(base),
+                    None => manifest.encode(),
+                };
+                protocol::frame(&mut out, &file, &bytes);
+            }
+            Ok(binary(out))
+        }
         (Method::POST, "have") => {
             // Says only whether contents the box names are here, not what they are: the box has them.
             let ask: protocol::Have = read_json(req, idle).await?;

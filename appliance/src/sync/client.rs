@@ -170,24 +170,42 @@ impl Client {
         })
     }
 
-    /// The manifest of a file the last pull offered, as a delta against `base` when the box has one and the
-    /// gateway holds it too.
-    pub fn manifest(&self, file: Hash, base: Option<&Manifest>) -> Result<Manifest, SyncError> {
-        let mut url = self.url(&format!("manifest/{}", file.to_hex()));
-        if let Some(base) = base {
-            url.push_str(&format!("?base={}", base.file.to_hex()));
-        }
-        let bytes = self.exchange(|agent| {
-            let response = agent.get(&url).call().map_err(|e| classify(&url, e))?;
+    /// The manifests of files the last pull offered, each as a delta against its base when given (and the
+    /// gateway holds it), in the order asked.
+    pub fn manifests(&self, files: &[(Hash, Option<&Manifest>)]) -> Result<Vec<Manifest>, SyncError> {
+        let url = self.url("manifests");
+        let ask = protocol::ManifestAsk {
+            files: files
+                .iter()
+                .map(|(file, base)| protocol::Wanted { file: file.to_hex(), base: base.map(|b| b.file.to_hex()) })
+                .collect(),
+        };
+        let body = serde_json::to_vec(&ask)
+            .map_err(|e| SyncError::BadResponse { url: url.clone(), message: e.to_string() })?;
+        self.scheduler.acquire(Class::Replication, Direction::Up, body.len() as u64);
+        let mut framed = self.exchange(|agent| {
+            let response = agent
+                .post(&url)
+                .set("Content-Type", "application/json")
+                .send_bytes(&body)
+                .map_err(|e| classify(&url, e))?;
             self.read_bytes(&url, response, protocol::MAX_JSON)
         })?;
-        // A whole manifest when the gateway no longer holds the base (released there since, and never indexed).
-        let manifest = Manifest::decode_against(&bytes, base)
-            .map_err(|e| SyncError::BadResponse { url: url.clone(), message: e.to_string() })?;
-        if manifest.file != file {
-            return Err(SyncError::BadResponse { url, message: "a manifest of another file".into() });
+        let bad = |message: String| SyncError::BadResponse { url: url.clone(), message };
+        let frames = protocol::unframe(&mut framed, protocol::MAX_JSON).map_err(bad)?;
+        if !framed.is_empty() || frames.len() != files.len() {
+            return Err(bad(format!("{} manifests for {} files", frames.len(), files.len())));
         }
-        Ok(manifest)
+        let mut out = Vec::with_capacity(frames.len());
+        for ((file, base), (hash, bytes)) in files.iter().zip(frames) {
+            // A whole manifest when the gateway no longer holds the base.
+            let manifest = Manifest::decode_against(&bytes, *base).map_err(|e| bad(e.to_string()))?;
+            if hash != *file || manifest.file != *file {
+                return Err(bad("a manifest of another file".into()));
+            }
+            out.push(manifest);
+        }
+        Ok(out)
     }
 
     /// Fetches a batch of chunks; `each` gets every chunk as soon as it is whole (and checked by the

@@ -10,6 +10,7 @@
 //! | `POST content` | a manifest (binary; a delta if `x-relais-base` names its base) | [`ContentReply`] |
 //! | `POST contents` | many files at once, framed ([`frame`]: file hash, manifest) | [`OfferReply`] |
 //! | `GET manifest/<hash>[?base=<hash>]` | | the manifest of a file offered by `pull` (binary) |
+//! | `POST manifests` | [`ManifestAsk`]: files offered by `pull`, each with a base | their manifests, framed |
 //! | `POST chunks` | [`ChunkList`] of chunks of manifests served to this box | those chunks, framed ([`frame`]) |
 //! | `PUT chunks` | chunks, framed | 204 once each is staged |
 //!
@@ -20,7 +21,8 @@
 //! Files go the same way: one `POST contents` offers the manifests of a whole batch of files (each answered
 //! "installed", or with the chunks to send as position ranges), their missing chunks then share batches, and
 //! a second `POST contents` naming the files without their manifests (the gateway kept them) assembles them.
-//! A push of 300 small files thus costs a few round trips, not three per file.
+//! A push of 300 small files thus costs a few round trips, not three per file. Pulling is alike: one
+//! `POST manifests` for a group of files, then their missing chunks in shared batches.
 //!
 //! Every step is idempotent: a session cut anywhere is simply run again.
 
@@ -124,9 +126,26 @@ pub struct OfferReply {
     pub files: Vec<Offer>,
 }
 
+/// Files whose manifests the box wants (`POST manifests`), each as a delta against its base when the gateway
+/// holds that base too; the answer frames each manifest (whole or delta, told by its first byte) under the
+/// file's hash, in the order asked.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ManifestAsk {
+    pub files: Vec<Wanted>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Wanted {
+    /// Hex hash of the file.
+    pub file: String,
+    /// Hex hash of the box's content at that path, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
 /// Bytes of manifests per `POST contents`: a few hundred typical files, a second of the line at most.
 pub const OFFER_BATCH_BYTES: usize = 256 << 10;
-/// Files per `POST contents`.
+/// Files per `POST contents` or `POST manifests`.
 pub const OFFER_BATCH_COUNT: usize = 1000;
 
 /// `[start, end)` ranges covering the positions `positions` (ascending).

@@ -137,15 +137,17 @@ async fn pull(
         if batch.changes.is_empty() {
             break;
         }
+        // Contents first, each once; what users wait for before prefetch, otherwise in change order.
+        let (mut wanted, mut named) = (Vec::new(), HashSet::new());
         for change in &batch.changes {
-            if let Some((hash, _)) = change.record.content() {
-                if !store.has_blob(hash) {
-                    let base = local_base(app, change)?;
-                    let class = class_of(change);
-                    report.chunks_down += fetch_content(app, client, hash, base, class, connections).await?;
+            if let Some((hash, size)) = change.record.content() {
+                if !store.has_blob(hash) && named.insert(hash) {
+                    wanted.push(Wanted { hash, base: local_base(app, change)?, class: class_of(change), size });
                 }
             }
         }
+        wanted.sort_by_key(|w| w.class);
+        report.chunks_down += fetch_contents(app, client, wanted, connections).await?;
         let applied = store.apply_remote("", &[], &batch.changes, sides).await?;
         report.pulled += applied.applied + applied.conflicts;
         app.metrics.sync_changes_in.add((applied.applied + applied.conflicts) as u64);
@@ -371,39 +373,76 @@ async fn send_chunks(
     .await
 }
 
-/// Brings `hash` from the region: its manifest (a delta against `base` when the box has one), the chunks the
-/// box lacks, then the checked assembly. Returns the chunks received.
-async fn fetch_content(
-    app: &Arc<App>,
-    client: &Arc<Client>,
+/// A content the box lacks, named by a pull.
+struct Wanted {
     hash: Hash,
+    /// What the box holds at the file's path: its manifest makes the region's a delta.
     base: Option<Hash>,
     class: Class,
+    size: u64,
+}
+
+/// Brings contents from the region, in groups of one class and up to [`PUSH_BYTES`]: one request for the
+/// group's manifests (deltas against the box's bases where the region holds them too), the chunks the box
+/// lacks for all of them in shared batches on several connections, then each file assembled and checked.
+/// Returns the chunks received.
+async fn fetch_contents(
+    app: &Arc<App>,
+    client: &Arc<Client>,
+    wanted: Vec<Wanted>,
     connections: usize,
 ) -> Result<usize, SyncError> {
     let store = &app.store;
-    let base: Option<Manifest> = match base {
-        Some(base) => store.manifest(base).await.ok().flatten(),
-        None => None,
-    };
-    let manifest = blocking(client, move |c| c.manifest(hash, base.as_ref())).await?;
-    let stage = store.chunk_stage();
-    let missing = stage.missing(&manifest, &|h| store.has_chunk(h));
-    let lens: BTreeMap<Hash, u32> = manifest.chunks.iter().copied().collect();
-    let count = missing.len();
-    let wanted: Vec<(Hash, u32)> = missing.into_iter().map(|h| (h, lens.get(&h).copied().unwrap_or(0))).collect();
-    let app2 = app.clone();
-    transfer(client, batches(wanted), connections, move |c, batch| {
-        c.get_chunks(class, &batch, &mut |chunk, bytes| {
-            app2.store.chunk_stage().put(&chunk, &bytes)?;
-            app2.metrics.sync_chunks_in.inc();
-            app2.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
-            Ok(())
+    let mut received = 0;
+    let mut rest = wanted.into_iter().peekable();
+    while let Some(first) = rest.next() {
+        let (class, mut bytes) = (first.class, first.size);
+        let mut group = vec![first];
+        while let Some(next) = rest.next_if(|n| {
+            n.class == class && group.len() < OFFER_BATCH_COUNT && bytes.saturating_add(n.size) <= PUSH_BYTES
+        }) {
+            bytes += next.size;
+            group.push(next);
+        }
+        let mut asks = Vec::with_capacity(group.len());
+        for w in &group {
+            let base = match w.base {
+                Some(base) => store.manifest(base).await.ok().flatten(),
+                None => None,
+            };
+            asks.push((w.hash, base));
+        }
+        let manifests = blocking(client, move |c| {
+            let asks: Vec<(Hash, Option<&Manifest>)> = asks.iter().map(|(h, b)| (*h, b.as_ref())).collect();
+            c.manifests(&asks)
         })
-    })
-    .await?;
-    store.assemble(&manifest).await?;
-    Ok(count)
+        .await?;
+        let stage = store.chunk_stage();
+        let (mut chunks, mut queued) = (Vec::new(), HashSet::new());
+        for manifest in &manifests {
+            let missing: HashSet<Hash> = stage.missing(manifest, &|h| store.has_chunk(h)).into_iter().collect();
+            for &(hash, len) in &manifest.chunks {
+                if missing.contains(&hash) && queued.insert(hash) {
+                    chunks.push((hash, len));
+                }
+            }
+        }
+        received += chunks.len();
+        let app2 = app.clone();
+        transfer(client, batches(chunks), connections, move |c, batch| {
+            c.get_chunks(class, &batch, &mut |chunk, bytes| {
+                app2.store.chunk_stage().put(&chunk, &bytes)?;
+                app2.metrics.sync_chunks_in.inc();
+                app2.metrics.sync_chunk_bytes_in.add(bytes.len() as u64);
+                Ok(())
+            })
+        })
+        .await?;
+        for manifest in &manifests {
+            store.assemble(manifest).await?;
+        }
+    }
+    Ok(received)
 }
 
 /// Groups chunks into batches of about `CHUNK_BATCH_BYTES`, in file order.

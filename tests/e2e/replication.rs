@@ -14,7 +14,15 @@ const CONVERGE: Duration = Duration::from_secs(60);
 
 /// A box provisioned from `bundle`, replicating every second, started.
 pub(crate) fn replicating_box(bundle: &Path) -> Relais {
-    let mut relais = Relais::unstarted("", Some(ADMIN_PASSWORD));
+    let mut relais = provisioned(bundle, |_| {});
+    relais.respawn();
+    relais
+}
+
+/// A box provisioned from `bundle` (not started), its configuration the provisioned one with a session every
+/// second, then `tune`d.
+pub(crate) fn provisioned(bundle: &Path, tune: impl FnOnce(&mut firmware_config::Config)) -> Relais {
+    let relais = Relais::unstarted("", Some(ADMIN_PASSWORD));
     let (code, out, err) = relais_cli([
         "provision".as_ref(),
         "apply".as_ref(),
@@ -26,8 +34,8 @@ pub(crate) fn replicating_box(bundle: &Path) -> Relais {
     let provisioned = relais.data_dir().join("relais.toml");
     let mut config = firmware_config::Config::load(&provisioned).expect("provisioned config");
     config.uplink.sync_interval = firmware_config::Span(Duration::from_secs(1));
+    tune(&mut config);
     std::fs::write(relais.config_path(), config.to_toml()).expect("write config");
-    relais.respawn();
     relais
 }
 

@@ -634,19 +634,9 @@ fn a_full_disk_at_the_region_fails_cleanly_and_replication_resumes_once_space_is
 
 /// A box provisioned from `bundle`, replicating every second over an uplink of `rate`, started.
 fn box_with_rate(bundle: &Path, bits_per_second: u64) -> Relais {
-    let mut relais = Relais::unstarted("", Some(ADMIN_PASSWORD));
-    let (code, out, err) = relais_cli([
-        "provision".as_ref(),
-        "apply".as_ref(),
-        bundle.as_os_str(),
-        "--data".as_ref(),
-        relais.data_dir().as_os_str(),
-    ]);
-    assert_eq!(code, Some(0), "provision apply failed\n{out}\n{err}");
-    let mut config = firmware_config::Config::load(&relais.data_dir().join("relais.toml")).expect("config");
-    config.uplink.sync_interval = firmware_config::Span(Duration::from_secs(1));
-    config.uplink.rate = firmware_config::BitRate(bits_per_second);
-    std::fs::write(relais.config_path(), config.to_toml()).expect("write config");
+    let mut relais = crate::replication::provisioned(bundle, |config| {
+        config.uplink.rate = firmware_config::BitRate(bits_per_second);
+    });
     relais.respawn();
     relais
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use crate::link::Link;
+use crate::replication::put_tls;
 use crate::trust::wait_enrolled;
 use crate::util::*;
 
@@ -138,11 +139,6 @@ fn metric(text: &str, name: &str, labels: &str) -> u64 {
         })
         .filter_map(|(_, value)| value.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-/// `PUT` through the client's own agent (over TLS to the region; `Client::put` speaks plain HTTP).
-fn put_tls(client: &Client, path: &str, body: &[u8]) -> Resp {
-    Client::send(client.request("PUT", &files_url(path)), Some(body))
 }
 
 /// Waits until both sides list exactly `expected` under `dir` (path → ETag): every file with its content, no

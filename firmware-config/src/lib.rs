@@ -45,6 +45,8 @@ pub struct Config {
     pub uplink: Uplink,
     /// Settings of the regional gateway (`relais region …`); ignored by a school box.
     pub region: Region,
+    /// The cache of what comes from outside: upstreams, forward proxy, prefetch.
+    pub cache: Cache,
     /// What gets logged.
     pub logging: Logging,
     /// Which hardware the box runs on; sets defaults sized for it.
@@ -246,6 +248,74 @@ impl Default for Directory {
     }
 }
 
+/// The LAN cache: what comes from outside the school crosses the uplink once, and stays readable when the
+/// uplink is down.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cache {
+    /// Disk given to cached objects. The cache also gives space back before users' files run short of it.
+    pub size: ByteSize,
+    /// How long past its freshness an object is still served while its upstream is unreachable (a response's
+    /// own `stale-if-error` may allow longer; `must-revalidate` and `no-cache` forbid it).
+    pub max_stale: Span,
+    /// An upstream that has not sent response headers (or a next piece of body) within this is unreachable.
+    pub upstream_timeout: Span,
+    /// The forward proxy for the school's PCs (plain HTTP cached, HTTPS tunnelled with CONNECT): "auto" (the
+    /// portal's address, port 3128), "off", or an address such as "0.0.0.0:3128".
+    pub proxy_listen: String,
+    /// Ports the forward proxy's CONNECT tunnels may reach (HTTPS only, by default).
+    pub connect_ports: Vec<u16>,
+    /// PEM files of certificate authorities trusted for upstreams, besides the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// URLs kept in the cache and revalidated in the uplink's off-peak hours.
+    pub prefetch: Vec<String>,
+    /// URLs of lists (text, one URL per line, `#` comments) of URLs to prefetch, e.g. published by the
+    /// regional ENT for the coming week.
+    pub prefetch_lists: Vec<String>,
+    /// How often the prefetch lists are read again and their URLs revalidated.
+    pub prefetch_interval: Span,
+    /// Sites served under `/cache/<name>/…`.
+    pub upstream: Vec<CacheUpstream>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            size: ByteSize(8 << 30),
+            max_stale: Span(std::time::Duration::from_secs(7 * 86400)),
+            upstream_timeout: Span(std::time::Duration::from_secs(30)),
+            proxy_listen: "auto".into(),
+            connect_ports: vec![443],
+            ca_files: Vec::new(),
+            prefetch: Vec::new(),
+            prefetch_lists: Vec::new(),
+            prefetch_interval: Span(std::time::Duration::from_secs(6 * 3600)),
+            upstream: Vec::new(),
+        }
+    }
+}
+
+/// One site served through the cache at `/cache/<name>/<path>`, fetched from `<url><path>`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheUpstream {
+    /// The first segment of the path under `/cache/`: letters, digits, `-` and `_`.
+    pub name: String,
+    /// The site's base address, "https://HOST[:PORT][/PATH]" (or "http://…").
+    pub url: String,
+}
+
+impl Cache {
+    /// Where the forward proxy listens, given the portal's address; `None` when it is off.
+    pub fn proxy_address(&self, portal: SocketAddr) -> Option<SocketAddr> {
+        match self.proxy_listen.trim() {
+            "off" | "" => None,
+            "auto" => Some(SocketAddr::new(portal.ip(), 3128)),
+            addr => addr.parse().ok(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Logging {
@@ -353,8 +423,62 @@ impl Config {
         if self.region.certificate_validity.0.as_secs() < 60 {
             return Err(err("region.certificate_validity", "must be at least 1m".into()));
         }
+        self.validate_cache(path)?;
         if self.storage.data.as_os_str().is_empty() {
             return Err(err("storage.data", "must name a folder".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_cache(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |key, message: String| ConfigError::Value { path: path.to_owned(), key, message };
+        let cache = &self.cache;
+        let listen = cache.proxy_listen.trim();
+        if !matches!(listen, "auto" | "off" | "") && listen.parse::<SocketAddr>().is_err() {
+            return Err(err(
+                "cache.proxy_listen",
+                format!("« {listen} » is not \"auto\", \"off\" or an address such as \"0.0.0.0:3128\""),
+            ));
+        }
+        if cache.upstream_timeout.0.as_millis() < 100 {
+            return Err(err("cache.upstream_timeout", "must be at least 100ms".into()));
+        }
+        if cache.prefetch_interval.0.as_secs() < 1 {
+            return Err(err("cache.prefetch_interval", "must be at least 1s".into()));
+        }
+        if cache.connect_ports.contains(&0) {
+            return Err(err("cache.connect_ports", "0 is not a port".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, upstream) in cache.upstream.iter().enumerate() {
+            let name = &upstream.name;
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(err(
+                    "cache.upstream.name",
+                    format!(
+                        "upstream {}: « {name} » must be letters, digits, - or _ (it appears in /cache/<name>/)",
+                        i + 1
+                    ),
+                ));
+            }
+            if !names.insert(name.as_str()) {
+                return Err(err("cache.upstream.name", format!("« {name} » names two upstreams")));
+            }
+            if !is_http_url(&upstream.url) {
+                return Err(err(
+                    "cache.upstream.url",
+                    format!("upstream « {name} »: « {} » must be https://HOST[:PORT][/PATH] or http://…", upstream.url),
+                ));
+            }
+        }
+        for url in cache.prefetch.iter().chain(&cache.prefetch_lists) {
+            if !is_http_url(url) {
+                let key = if cache.prefetch.contains(url) { "cache.prefetch" } else { "cache.prefetch_lists" };
+                return Err(err(key, format!("« {url} » is not an http:// or https:// address")));
+            }
         }
         Ok(())
     }
@@ -377,6 +501,14 @@ pub fn is_host_name(name: &str) -> bool {
                 && !label.ends_with('-')
                 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// An absolute http(s) address with a host: what an upstream or a prefetched URL must be.
+pub fn is_http_url(url: &str) -> bool {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    let Some(rest) = rest else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    !authority.is_empty() && !authority.contains('@') && !url.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// A UAI is 7 digits then one letter (the letter is a checksum we do not verify: test UAIs are made up).
@@ -415,6 +547,8 @@ mod tests {
             "[login]",
             "[limits]",
             "[directory]",
+            "[cache]",
+            "[[cache.upstream]]",
             "[logging]",
             "[hardware]",
         ] {
@@ -446,6 +580,22 @@ mod tests {
         let e = parse("[lan]\nnames = [\"relais.ecole.lan\", \"my box\"]\n").expect_err("bad LAN name");
         assert!(e.to_string().contains("lan.names") && e.to_string().contains("my box"), "{e}");
         parse("[lan]\nnames = [\"Relais.Ecole.lan\", \"192.168.1.10\", \"fe80::1\"]\n").expect("LAN names");
+
+        let e = parse("[[cache.upstream]]\nname = \"ent\"\nurl = \"ftp://x\"\n").expect_err("bad upstream");
+        assert!(e.to_string().contains("cache.upstream.url") && e.to_string().contains("ftp://x"), "{e}");
+        let e = parse("[[cache.upstream]]\nname = \"a b\"\nurl = \"https://x\"\n").expect_err("bad name");
+        assert!(e.to_string().contains("cache.upstream.name"), "{e}");
+        let e = parse("[cache]\nproxy_listen = \"3128\"\n").expect_err("bad proxy address");
+        assert!(e.to_string().contains("cache.proxy_listen"), "{e}");
+        let config = parse(
+            "[cache]\nsize = \"2GiB\"\n[[cache.upstream]]\nname = \"ent\"\nurl = \"https://ent.example.fr/res\"\n",
+        )
+        .expect("cache config");
+        assert_eq!(config.cache.upstream[0].name, "ent");
+        assert_eq!(
+            config.cache.proxy_address(config.lan.listen).map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:3128")
+        );
 
         let e = parse("[hardware]\nprofile = \"pdp11\"\n").expect_err("bad profile");
         assert!(e.to_string().contains("x86_64-minipc"), "{e}");

@@ -37,6 +37,14 @@ pub struct App {
     pub enroll: std::sync::OnceLock<crate::enroll::EnrollHandle>,
     /// The replication worker of a box with a gateway, set once it is started.
     pub sync: std::sync::OnceLock<crate::sync::worker::SyncHandle>,
+    /// The school's uplink: replication, the cache and its prefetches share it (see `uplink`).
+    pub uplink: Arc<crate::uplink::Scheduler>,
+    /// The LAN cache of what comes from outside; a box only.
+    pub cache: Option<Arc<crate::cache::Cache>>,
+    /// Where the forward proxy listens, once it does (for `/proxy.pac`).
+    pub proxy_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// What the cache's prefetcher did last, once it runs.
+    pub prefetch: std::sync::OnceLock<crate::cache::prefetch::StatusHandle>,
     /// One argon2 hash at a time: each takes 19 MiB (kept between hashes, see `account`), and with one
     /// core hashing the others keep serving files while 30 pupils log in at 8:00.
     hashing: tokio::sync::Semaphore,
@@ -84,7 +92,19 @@ impl App {
         region: Option<Arc<crate::region::Gateway>>,
     ) -> Result<(Arc<App>, Option<String>), StoreError> {
         let store = Store::open(data)?;
+        let uplink = Arc::new(crate::uplink::Scheduler::new(config.uplink.rate, config.uplink.windows.clone()));
+        let cache = match region {
+            Some(_) => None,
+            None => Some(
+                crate::cache::Cache::open(&config.cache, data, uplink.clone())
+                    .map_err(|e| StoreError::io(&data.join("cache"), std::io::Error::other(e.to_string())))?,
+            ),
+        };
         let app = App {
+            uplink,
+            cache,
+            prefetch: std::sync::OnceLock::new(),
+            proxy_addr: std::sync::OnceLock::new(),
             region,
             enroll: std::sync::OnceLock::new(),
             sync: std::sync::OnceLock::new(),
@@ -170,6 +190,7 @@ impl App {
             region: self.region.as_deref(),
             enroll: self.enroll.get().map(crate::enroll::EnrollHandle::status),
             sync: self.sync.get().map(crate::sync::worker::SyncHandle::status),
+            cache: self.cache.as_ref().map(|c| c.summary()),
             running: true,
         })
     }

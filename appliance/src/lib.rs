@@ -3,6 +3,7 @@
 pub mod account;
 pub mod app;
 pub mod backup;
+pub mod cache;
 pub mod cli;
 pub mod command;
 pub mod control;

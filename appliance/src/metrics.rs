@@ -53,6 +53,18 @@ pub struct Gauges {
     pub blob_bytes: u64,
     /// The box's replication, when it has a gateway.
     pub replication: Option<ReplicationGauges>,
+    /// The LAN cache, on a box.
+    pub cache: Option<CacheGauges>,
+}
+
+pub struct CacheGauges {
+    /// Requests by outcome (`hit`, `miss`, …), in `cache::Outcome::ALL` order.
+    pub requests: Vec<(&'static str, u64)>,
+    pub served_bytes: u64,
+    pub upstream_bytes: u64,
+    pub entries: u64,
+    pub bytes: u64,
+    pub budget: u64,
 }
 
 pub struct ReplicationGauges {
@@ -146,6 +158,33 @@ impl Metrics {
                 ("{outcome=\"failed\"}", self.sync_sessions_failed.get()),
             ],
         );
+        if let Some(c) = &gauges.cache {
+            let labels: Vec<String> = c.requests.iter().map(|(name, _)| format!("{{result=\"{name}\"}}")).collect();
+            let samples: Vec<(&str, u64)> =
+                labels.iter().zip(&c.requests).map(|(label, (_, n))| (label.as_str(), *n)).collect();
+            metric("relais_cache_requests_total", "counter", "Cache requests, by how they were answered.", &samples);
+            metric(
+                "relais_cache_served_bytes_total",
+                "counter",
+                "Body bytes the cache sent to clients.",
+                &[("", c.served_bytes)],
+            );
+            metric(
+                "relais_cache_upstream_bytes_total",
+                "counter",
+                "Body bytes the cache received from upstreams.",
+                &[("", c.upstream_bytes)],
+            );
+            metric(
+                "relais_cache_saved_bytes_total",
+                "counter",
+                "Bytes clients got from the cache that did not cross the uplink.",
+                &[("", c.served_bytes.saturating_sub(c.upstream_bytes))],
+            );
+            metric("relais_cache_entries", "gauge", "Objects in the cache.", &[("", c.entries)]);
+            metric("relais_cache_bytes", "gauge", "Bytes the cache holds on disk.", &[("", c.bytes)]);
+            metric("relais_cache_budget_bytes", "gauge", "The cache's disk budget.", &[("", c.budget)]);
+        }
         if let Some(r) = &gauges.replication {
             metric(
                 "relais_sync_last_success_seconds",

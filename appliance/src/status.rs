@@ -10,7 +10,7 @@ use crate::store::Store;
 
 /// The status document; field names as in DESIGN.md's `GET /api/admin/status`, with a few more for the
 /// technician's screen. Times are "YYYY-MM-DD HH:MM UTC".
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     /// "box" or "region".
     pub role: String,
@@ -34,6 +34,9 @@ pub struct Status {
     pub accounts: u64,
     /// Whether the daemon answered (false: read from the stopped data folder).
     pub running: bool,
+    /// The LAN cache's figures, when the daemon runs one.
+    #[serde(default)]
+    pub cache: Option<crate::cache::Summary>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -87,6 +90,8 @@ pub struct Sources<'a> {
     pub enroll: Option<EnrollStatus>,
     /// The replication worker's view, when the daemon runs one.
     pub sync: Option<crate::sync::worker::SyncStatus>,
+    /// The LAN cache's figures, when the daemon runs one.
+    pub cache: Option<crate::cache::Summary>,
     pub running: bool,
 }
 
@@ -113,6 +118,7 @@ pub fn gather(sources: &Sources<'_>) -> Status {
         replica_id: sources.store.replica_id().unwrap_or_default(),
         accounts: sources.store.user_count() as u64,
         running: sources.running,
+        cache: sources.cache.clone(),
     };
     if let Some(region) = sources.region {
         status.uplink = "online".into();
@@ -166,6 +172,13 @@ pub fn gather(sources: &Sources<'_>) -> Status {
             if sync.last_error.is_none() && sync.last_success.is_some() { "online" } else { "offline" }.into();
         if sync.last_error.is_some() {
             status.last_error.clone_from(&sync.last_error);
+        }
+    }
+    // The cache talks to the outside on its own: when its upstreams stopped answering, so did the uplink.
+    if sources.cache.as_ref().is_some_and(|c| c.upstream_down) {
+        status.uplink = "offline".into();
+        if status.last_error.is_none() {
+            status.last_error = Some("the cache's upstreams do not answer".into());
         }
     }
     status
@@ -230,6 +243,18 @@ pub fn render(s: &Status) -> String {
         if let Some(error) = &s.replication.last_error {
             let _ = writeln!(out, "  sync error    {error}");
         }
+    }
+    if let Some(c) = &s.cache {
+        let _ = writeln!(
+            out,
+            "  cache         {} objects, {} of {}; hits {:.0} % of requests, {:.0} % of bytes; {} saved on the uplink",
+            c.entries,
+            bytes(c.bytes),
+            bytes(c.budget),
+            c.request_hit_ratio * 100.0,
+            c.byte_hit_ratio * 100.0,
+            bytes(c.saved_bytes),
+        );
     }
     let _ = writeln!(out, "  disk          {} of contents, {} free", bytes(s.disk.used), bytes(s.disk.free));
     let _ = writeln!(out, "  accounts      {}", s.accounts);

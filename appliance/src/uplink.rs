@@ -104,10 +104,80 @@ impl Scheduler {
         self.changed.notify_all();
     }
 
+    /// As [`Scheduler::acquire`], for async callers (the cache's downloads): the wait is a timer, not a
+    /// blocked thread. A waiter counts as waiting until it is served or dropped.
+    pub async fn acquire_async(&self, class: Class, direction: Direction, bytes: u64) {
+        if self.rate.0 == 0 {
+            self.count(direction, bytes);
+            return;
+        }
+        let d = direction as usize;
+        let waiting = Waiting::new(self, class, direction);
+        loop {
+            let wait = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(rate) = self.bytes_per_second() else { break };
+                let burst = (rate * BURST_SECONDS).max(MIN_BURST);
+                let now = Instant::now();
+                let bucket = &mut state.buckets[d];
+                bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+                bucket.at = now;
+                let urgent_waiting = state.waiting[d][..class as usize].iter().any(|&n| n > 0);
+                let need = (bytes as f64).min(burst);
+                if !urgent_waiting && state.buckets[d].tokens >= need {
+                    state.buckets[d].tokens -= bytes as f64;
+                    break;
+                }
+                let short = (need - state.buckets[d].tokens).max(0.0);
+                Duration::from_secs_f64((short / rate).clamp(0.001, 1.0))
+            };
+            tokio::time::sleep(wait).await;
+        }
+        drop(waiting);
+        self.count(direction, bytes);
+    }
+
+    fn count(&self, direction: Direction, bytes: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.granted[direction as usize] += bytes;
+    }
+
+    /// Whether the line is at its most generous share of the day now: when prefetching may run.
+    pub fn off_peak(&self) -> bool {
+        let share = |minute: u16| self.windows.iter().find(|w| w.contains(minute)).map_or(100, |w| w.percent);
+        let best = (0..1440).map(share).max().unwrap_or(100);
+        share(local_minute()) >= best
+    }
+
     /// Bytes granted so far in each direction (up, down).
     pub fn granted(&self) -> (u64, u64) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         (state.granted[0], state.granted[1])
+    }
+}
+
+/// Counts an async waiter in its class while it waits, so less urgent classes hold back; uncounted on drop
+/// (also when the waiting request is abandoned).
+struct Waiting<'a> {
+    scheduler: &'a Scheduler,
+    class: Class,
+    direction: Direction,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(scheduler: &'a Scheduler, class: Class, direction: Direction) -> Waiting<'a> {
+        let mut state = scheduler.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.waiting[direction as usize][class as usize] += 1;
+        Waiting { scheduler, class, direction }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.scheduler.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.waiting[self.direction as usize][self.class as usize] -= 1;
+        drop(state);
+        self.scheduler.changed.notify_all();
     }
 }
 

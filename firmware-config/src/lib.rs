@@ -306,11 +306,12 @@ pub struct CacheUpstream {
 }
 
 impl Cache {
-    /// Where the forward proxy listens, given the portal's address; `None` when it is off.
+    /// Where the forward proxy listens, given the portal's address; `None` when it is off. "auto" follows
+    /// the portal: its address, port 3128 (any free port when the portal's own is, as in tests).
     pub fn proxy_address(&self, portal: SocketAddr) -> Option<SocketAddr> {
         match self.proxy_listen.trim() {
             "off" | "" => None,
-            "auto" => Some(SocketAddr::new(portal.ip(), 3128)),
+            "auto" => Some(SocketAddr::new(portal.ip(), if portal.port() == 0 { 0 } else { 3128 })),
             addr => addr.parse().ok(),
         }
     }

@@ -38,6 +38,34 @@ pub fn run(args: ServeArgs) -> Outcome {
         if let Some((handle, _)) = &sync {
             let _ = app.sync.set(handle.clone());
         }
+        // The LAN cache's forward proxy for the school's PCs, and its prefetcher.
+        let proxy = match (&app.cache, app.config.cache.proxy_address(app.config.lan.listen)) {
+            (Some(cache), Some(addr)) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let bound = listener.local_addr().map_err(Failure::runtime)?;
+                    let _ = app.proxy_addr.set(bound);
+                    println!("proxy http://{bound}");
+                    let stopped = shutdown.clone();
+                    let limits = app.config.limits.clone();
+                    let uai = app.config.identity.uai.clone();
+                    Some(tokio::spawn(crate::cache::proxy::run(cache.clone(), listener, limits, uai, stopped.wait())))
+                }
+                // "auto" must not keep the portal from starting because something else holds port 3128.
+                Err(e) if app.config.cache.proxy_listen.trim() == "auto" => {
+                    log::warn!("forward proxy not started: cannot listen on {addr}: {e} (set [cache] proxy_listen)");
+                    None
+                }
+                Err(e) => return Err(Failure::runtime(format!(
+                    "cannot listen on {addr} for the forward proxy ([cache] proxy_listen; \"off\" to disable it): {e}"
+                ))),
+            },
+            _ => None,
+        };
+        let prefetch =
+            app.cache.as_ref().and_then(|cache| crate::cache::prefetch::spawn(cache, enroll_stopped.clone()));
+        if let Some((status, _)) = &prefetch {
+            let _ = app.prefetch.set(status.clone());
+        }
         // Technician commands (status, backup) reach the daemon through its control socket.
         let control = super::spawn_control(&app, enroll_stopped);
         let served = server::run(app, listener, transport, shutdown.wait()).await;
@@ -45,6 +73,12 @@ pub fn run(args: ServeArgs) -> Outcome {
         let _ = control.await;
         if let Some((_, task)) = sync {
             let _ = task.await;
+        }
+        if let Some((_, task)) = prefetch {
+            let _ = task.await;
+        }
+        if let Some(proxy) = proxy {
+            let _ = proxy.await;
         }
         if let Some(redirecting) = redirecting {
             // It stopped on the same signal; its last requests finish within the same grace period.

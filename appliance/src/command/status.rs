@@ -26,6 +26,7 @@ pub fn run(folder: FolderArgs, json: bool) -> Outcome {
             region: region.as_ref(),
             enroll: None,
             sync: None,
+            cache: None,
             running: false,
         }))
     })?;

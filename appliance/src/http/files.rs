@@ -251,7 +251,7 @@ pub async fn store_upload(
 
 /// A single `bytes=` range, resolved against `size`. `Ok(None)` means "send the whole file" (no range,
 /// several ranges, or a syntax we ignore as RFC 9110 allows).
-fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+pub(crate) fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };

@@ -7,8 +7,9 @@ mod admin;
 mod auth;
 pub mod body;
 pub mod ca;
+mod cache;
 pub mod crl;
-mod files;
+pub mod files;
 mod portal;
 pub mod zipstream;
 
@@ -271,6 +272,8 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (&Method::GET | &Method::HEAD, "/ca.crt") => ca::handle(ctx).await,
         (&Method::GET | &Method::HEAD, p) if crl::is_crl_path(p) => crl::handle(ctx, p).await,
         (&Method::GET, "/metrics") => metrics(ctx, &req),
+        (&Method::GET | &Method::HEAD, "/proxy.pac") => Ok(cache::pac(ctx, &req)),
+        (_, p) if p.starts_with("/cache/") => cache::handle(ctx, req).await,
         (_, p) if p.starts_with(crate::sync::protocol::PREFIX) => match ctx.app.region.clone() {
             Some(gateway) => crate::region::sync::handle(ctx, &gateway, req).await,
             None => Err(ApiError::NotFound),
@@ -317,6 +320,17 @@ fn metrics(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
                 down_bytes: b.down_bytes,
                 line_up_bytes,
                 line_down_bytes,
+            }
+        }),
+        cache: ctx.app.cache.as_ref().map(|cache| {
+            let (entries, bytes) = cache.index.usage();
+            crate::metrics::CacheGauges {
+                requests: crate::cache::Outcome::ALL.iter().map(|o| (o.name(), cache.stats.requests(*o))).collect(),
+                served_bytes: cache.stats.served_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                upstream_bytes: cache.stats.upstream_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                entries,
+                bytes,
+                budget: cache.config.size.0,
             }
         }),
     };

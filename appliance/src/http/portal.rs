@@ -39,6 +39,7 @@ button{background:var(--bleu);color:#fff;border:0;border-radius:.3rem;cursor:poi
 button.lien{background:none;color:var(--bleu);text-decoration:underline;padding:0}
 .msg{background:#e6f4ea;border-left:4px solid #1e7e34;padding:.5rem 1rem}
 .err{background:#fdecea;border-left:4px solid #b3261e;padding:.5rem 1rem}
+.alerte{background:#fff4d6;border-left:.3rem solid #b36b00;padding:.6rem .8rem}
 .quota{background:#dde3ee;border-radius:.3rem;height:.8rem;max-width:20rem}.quota div{background:var(--bleu);height:100%;border-radius:.3rem}
 .connexion{max-width:22rem;margin:3rem auto;background:#fff;padding:1.5rem;border-radius:.5rem;border:1px solid #cfd6e4}
 .connexion input{width:100%;margin-bottom:.8rem}
@@ -400,8 +401,18 @@ fn home(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
         Role::Admin | Role::Staff => ctx.app.all_classes(user.school.as_deref())?,
         _ => crate::space::classes_of(&user, &family.children_classes),
     };
+    let status = ctx.app.status();
+    let cut = status.role == "box"
+        && status.uplink != "online"
+        && (!status.gateway.is_empty() || status.cache.as_ref().is_some_and(|c| c.upstream_down));
     let content = html! {
         h1 { "Bonjour " (user.display_name) }
+        @if cut {
+            p.alerte role="status" {
+                "La connexion internet de l'école est coupée. Vos fichiers restent disponibles ici, "
+                "et les ressources déjà en cache aussi ; le reste reviendra avec la connexion."
+            }
+        }
         (quota_bar(ctx, &user)?)
         ul.tuiles {
             li { a href="/fichiers/me/" { "Mes fichiers" small { "Votre espace personnel" } } }
@@ -426,7 +437,7 @@ fn home(ctx: &mut Ctx, req: &Request) -> Result<Response, ApiError> {
                 li { a href="/admin/activation" { "Fiches d'activation" small { "À imprimer, par classe" } } }
             }
         }
-        @if user.role == Role::Admin { (box_status(&ctx.app.status())) }
+        @if user.role == Role::Admin { (box_status(&status)) }
     };
     Ok(page(StatusCode::OK, "Accueil", Some((&user, &session)), &ctx.app.config.identity.name, content))
 }
@@ -468,6 +479,15 @@ fn box_status(s: &crate::status::Status) -> Markup {
                             ") depuis la région"
                             @if let Some(error) = &s.replication.last_error { br; "dernière erreur : " (error) }
                         }
+                    }
+                }
+                @if let Some(c) = &s.cache {
+                    dt { "Cache internet" }
+                    dd {
+                        (c.entries) " objets, " (crate::status::bytes(c.bytes)) " sur " (crate::status::bytes(c.budget))
+                        " ; " (format!("{:.0}", c.request_hit_ratio * 100.0)) " % des demandes et "
+                        (format!("{:.0}", c.byte_hit_ratio * 100.0)) " % des octets servis sans la connexion ; "
+                        (crate::status::bytes(c.saved_bytes)) " économisés"
                     }
                 }
                 dt { "Disque" } dd { (crate::status::bytes(s.disk.used)) " de fichiers, " (crate::status::bytes(s.disk.free)) " libres" }

@@ -67,8 +67,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) -> Option<(SyncHan
     if gateway.is_empty() {
         return None;
     }
-    let uplink = &app.config.uplink;
-    let scheduler = Arc::new(Scheduler::new(uplink.rate, uplink.windows.clone()));
+    let scheduler = app.uplink.clone();
     let handle = SyncHandle { status: Arc::new(Mutex::new(SyncStatus::default())), scheduler: scheduler.clone() };
     let status = handle.status.clone();
     let app = app.clone();

@@ -360,6 +360,10 @@ impl Cache {
             return None;
         }
         self.count(request, Outcome::Hit);
+        if request.counted {
+            // Kept in the head when it is next saved, so eviction remembers popularity across restarts.
+            object.lock().meta.hits += 1;
+        }
         Some(self.respond(object, request, Outcome::Hit, None))
     }
 

@@ -177,6 +177,7 @@ async fn write_body(
     if !pos.is_multiple_of(SLICE) {
         let slice = (pos / SLICE) as usize;
         set_slice(&mut state.meta.slices, slice, hasher.finalize().to_hex().to_string());
+        state.set_verified(slice);
     }
     Ok(())
 }
@@ -227,6 +228,7 @@ async fn write_batch(
         let mut state = object.lock();
         for (slice, hash) in completed {
             set_slice(&mut state.meta.slices, slice, hash);
+            state.set_verified(slice);
         }
         let size = state.meta.disk_size();
         drop(state);

@@ -25,11 +25,28 @@ pub struct ObjectState {
     pub meta: Meta,
     /// A download writing into this object's body right now.
     pub fill: Option<Arc<Fill>>,
+    /// Slices whose bytes this process has hashed (written or read and checked): read again without hashing.
+    /// A damaged file is caught at its first read after a start, which is when damage shows (a crash, a
+    /// failing disk found at boot); hashing every read of a hot object would halve the hit throughput.
+    pub verified: Vec<bool>,
+}
+
+impl ObjectState {
+    pub fn is_verified(&self, slice: usize) -> bool {
+        self.verified.get(slice).copied().unwrap_or(false)
+    }
+
+    pub fn set_verified(&mut self, slice: usize) {
+        if self.verified.len() <= slice {
+            self.verified.resize(slice + 1, false);
+        }
+        self.verified[slice] = true;
+    }
 }
 
 impl Object {
     pub fn new(key: Key, meta: Meta) -> Arc<Object> {
-        Arc::new(Object { key, state: Mutex::new(ObjectState { meta, fill: None }) })
+        Arc::new(Object { key, state: Mutex::new(ObjectState { meta, fill: None, verified: Vec::new() }) })
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, ObjectState> {

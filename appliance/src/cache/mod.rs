@@ -40,6 +40,9 @@ const MIN_FREE_BYTES: u64 = 256 << 20;
 /// After an uncacheable answer, requests for the same object go straight to the upstream this long instead of
 /// queueing behind each other for a chance to share a download (Varnish's hit-for-pass).
 const PASS_FOR: Duration = Duration::from_secs(30);
+/// After an upstream failed to answer for an object, the requests that queued behind that attempt get the same
+/// answer for this long instead of each waiting out its own timeout in turn.
+const FAILED_FOR: Duration = Duration::from_secs(5);
 /// Eviction brings the cache down to this share of its budget, so it does not run at each new object.
 const EVICT_TO_PERCENT: u64 = 90;
 
@@ -189,6 +192,8 @@ pub struct Cache {
     gates: Mutex<HashMap<Key, std::sync::Weak<tokio::sync::Mutex<()>>>>,
     /// Objects found uncacheable lately (see `PASS_FOR`).
     passes: Mutex<HashMap<Key, Instant>>,
+    /// Objects whose upstream failed lately, with the failure (see `FAILED_FOR`).
+    failures: Mutex<HashMap<Key, (Instant, String)>>,
     next_generation: AtomicU64,
     /// When an upstream last failed to answer, and last answered.
     down_since: Mutex<Option<Instant>>,
@@ -226,6 +231,7 @@ impl Cache {
             stats: Stats::default(),
             gates: Mutex::new(HashMap::new()),
             passes: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(now_ms * 1000),
             down_since: Mutex::new(None),
             data: data.to_owned(),
@@ -317,6 +323,17 @@ impl Cache {
             if let Some(answer) = self.try_stored(&key, &request, &req_directives) {
                 return Ok(answer);
             }
+            if let Some(cause) = self.failed_lately(&key) {
+                drop(guard);
+                let url = request.url.clone();
+                return match self.index.get(&key).filter(|o| self.may_serve_stale(&o.meta())) {
+                    Some(object) => {
+                        self.count(&request, Outcome::Stale);
+                        Ok(self.respond(object, &request, Outcome::Stale, Some(DISCONNECTED)))
+                    }
+                    None => Err((request, CacheError::Unreachable { url, cause })),
+                };
+            }
             let stored = self.index.get(&key);
             let result = self.fetch(&mut request, &req_directives, stored, names).await;
             drop(guard);
@@ -335,6 +352,12 @@ impl Cache {
         let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
         passes.retain(|_, until| *until > Instant::now());
         passes.contains_key(key)
+    }
+
+    fn failed_lately(&self, key: &Key) -> Option<String> {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.retain(|_, (at, _)| at.elapsed() < FAILED_FOR);
+        failures.get(key).map(|(_, cause)| cause.clone())
     }
 
     fn gate(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
@@ -408,7 +431,13 @@ impl Cache {
                         let warning = if unreachable { DISCONNECTED } else { REVALIDATION_FAILED };
                         return Ok(self.respond(object.clone(), request, Outcome::Stale, Some(warning)));
                     }
-                    _ => return Err(e),
+                    _ => {
+                        if let CacheError::Unreachable { cause, .. } = &e {
+                            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+                            failures.insert(self.key_for(request).0, (Instant::now(), cause.clone()));
+                        }
+                        return Err(e);
+                    }
                 }
             }
         };
@@ -799,9 +828,10 @@ impl Cache {
         let mut pos = start;
         loop {
             // Where the object stands now: its slices, its length, its download.
-            let (meta, fill) = {
+            let slice = (pos / SLICE) as usize;
+            let (meta, fill, trusted) = {
                 let state = object.lock();
-                (state.meta.clone(), state.fill.clone())
+                (state.meta.clone(), state.fill.clone(), state.is_verified(slice))
             };
             if meta.generation != generation {
                 return Err(std::io::Error::other("the object changed upstream while it was being sent"));
@@ -810,10 +840,9 @@ impl Cache {
             if end_now.is_some_and(|e| pos >= e) {
                 return Ok(());
             }
-            let slice = (pos / SLICE) as usize;
             if meta.slices.get(slice).is_some_and(Option::is_some) {
                 let (file, path, meta2) = (file.clone(), path.clone(), meta.clone());
-                let data = tokio::task::spawn_blocking(move || entry::read_slice(&file, &path, &meta2, slice))
+                let data = tokio::task::spawn_blocking(move || entry::read_slice(&file, &path, &meta2, slice, trusted))
                     .await
                     .map_err(std::io::Error::other)?;
                 let data = match data {
@@ -824,6 +853,9 @@ impl Cache {
                         return Err(std::io::Error::other(e.to_string()));
                     }
                 };
+                if !trusted {
+                    object.lock().set_verified(slice);
+                }
                 let slice_start = slice as u64 * SLICE;
                 let from = (pos - slice_start) as usize;
                 let to = end_now.map_or(data.len(), |e| ((e - slice_start) as usize).min(data.len()));
@@ -840,7 +872,16 @@ impl Cache {
             }
             let fill = match fill {
                 Some(fill) if fill.start <= pos && fill.generation == generation => fill,
-                _ => {
+                Some(other) => {
+                    // A download elsewhere in the object: let it end, then look again.
+                    let mut watch = other.watch();
+                    let _ = watch.wait_for(|p| p.done.is_some()).await;
+                    if object.lock().fill.as_ref().is_some_and(|f| Arc::ptr_eq(f, &other)) {
+                        return Err(std::io::Error::other("a download of another part of the object is stuck"));
+                    }
+                    continue;
+                }
+                None => {
                     if meta.length.is_some_and(|len| pos >= len) {
                         return Ok(());
                     }

@@ -55,9 +55,11 @@ pub fn run(args: ServeArgs) -> Outcome {
                     log::warn!("forward proxy not started: cannot listen on {addr}: {e} (set [cache] proxy_listen)");
                     None
                 }
-                Err(e) => return Err(Failure::runtime(format!(
+                Err(e) => {
+                    return Err(Failure::runtime(format!(
                     "cannot listen on {addr} for the forward proxy ([cache] proxy_listen; \"off\" to disable it): {e}"
-                ))),
+                )))
+                }
             },
             _ => None,
         };

@@ -219,4 +219,33 @@ mod tests {
         let s = Scheduler::new(BitRate(1_000_000), day);
         assert_eq!(s.bytes_per_second(), Some(37_500.0));
     }
+
+    #[test]
+    fn a_waiting_user_goes_before_the_prefetch() {
+        // 800 kbit/s = 100 kB/s. The prefetch wants 5 s of line, a user 1 s; the user's bytes pass first.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        let s = std::sync::Arc::new(Scheduler::new(BitRate(800_000), Vec::new()));
+        let (user_done, prefetch_done) = runtime.block_on(async {
+            let start = Instant::now();
+            let prefetch = {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    for _ in 0..50 {
+                        s.acquire_async(Class::Prefetch, Direction::Down, 10_000).await;
+                    }
+                    start.elapsed()
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for _ in 0..10 {
+                s.acquire_async(Class::Interactive, Direction::Down, 10_000).await;
+            }
+            let user = start.elapsed();
+            (user, prefetch.await.expect("prefetch task"))
+        });
+        assert!(user_done < prefetch_done, "user {user_done:?}, prefetch {prefetch_done:?}");
+        assert!(user_done < Duration::from_secs(3), "the user waited {user_done:?} behind the prefetch");
+        assert!(prefetch_done >= Duration::from_secs(4), "the rate was not held: {prefetch_done:?}");
+        assert_eq!(s.granted(), (0, 600_000));
+    }
 }

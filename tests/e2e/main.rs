@@ -10,6 +10,10 @@ mod util;
 mod auth;
 /// Backup while uploads run and restore under a new replica id; damaged backups; status; factory reset.
 mod backup;
+/// The LAN cache (issue 6): RFC 9111 freshness and validation, private content, Vary, ranges, one origin
+/// request for many clients, restarts, the origin down or lying, damaged entries, the disk budget, the forward
+/// proxy and CONNECT, HTTPS upstreams, prefetch.
+mod cache;
 /// Crash safety: SIGKILL during uploads, many times over; every acknowledged upload survives.
 mod crash;
 /// Revocation lists: the gateway's at the URLs its certificates name, a revocation published at once, and the
@@ -30,6 +34,9 @@ mod lifecycle;
 mod link;
 /// Servers inside a link's network namespace, reached from the test through a forwarder.
 mod netns;
+/// A programmable origin server (plain HTTP or TLS from a test CA) for the cache tests: routes, faults, holds,
+/// counters, stopped and started again on the same port.
+mod origin;
 /// Who may read and write where: one table over the five roles and the four kinds of space.
 mod permissions;
 /// Replication between a real box and a real gateway: both ways, conflicts, isolation between schools.

@@ -14,7 +14,8 @@ BIG_MIB=${BENCH_BIG_MIB:-100}             # the large object, MiB of random byte
 CLIENTS=${BENCH_CLIENTS:-30}              # simultaneous cold clients of the large object
 ORIGIN_RATE=${BENCH_ORIGIN_RATE:-25m}     # the origin's rate per connection (nginx limit_rate: 25m = 25 MiB/s)
 DURATION=${BENCH_DURATION:-10}            # seconds per throughput run (wrk)
-LAT_DURATION=${BENCH_LAT_DURATION:-5}     # seconds of the latency run (wrk, one connection)
+LAT_DURATION=${BENCH_LAT_DURATION:-5}     # seconds of each latency run (wrk, one connection)
+LAT_ROUNDS=${BENCH_LAT_ROUNDS:-3}         # latency runs per proxy, taken in turn; the median is reported
 COLD_TIMEOUT=${BENCH_COLD_TIMEOUT:-300}   # seconds a cold client may take at most
 RELAIS_BIN=${RELAIS_BIN:-}                # a relais binary to use as is; unset: cargo build --release -p relais
 
@@ -35,7 +36,11 @@ if ((${#missing[@]})); then
     exit 2
 fi
 
+RELAIS_FROM="given as RELAIS_BIN"
 if [[ -z "$RELAIS_BIN" ]]; then
+    RELAIS_FROM="built from $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")"
+    [[ -n "$(git -C "$ROOT" status --porcelain -- appliance firmware-config provisioning Cargo.toml Cargo.lock \
+        2>/dev/null)" ]] && RELAIS_FROM+=" + uncommitted changes"
     phase "building relais (cargo build --release -p relais)"
     (cd "$ROOT" && cargo build --release -p relais --quiet) || die "cargo build --release -p relais failed"
     RELAIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/relais"
@@ -244,7 +249,7 @@ SQUID_PORT=$(free_port)
 mkdir -p "$WORK/squid/cache"
 cat >"$WORK/squid/squid.conf" <<EOF
 http_port 127.0.0.1:$SQUID_PORT accel defaultsite=127.0.0.1:$ORIGIN_PORT no-vhost
-cache_peer 127.0.0.1 parent $ORIGIN_PORT 0 no-query originserver no-digest name=origin
+cache_peer 127.0.0.1 parent $ORIGIN_PORT 0 no-query originserver no-digest no-netdb-exchange name=origin
 cache_peer_access origin allow all
 http_access allow localhost
 http_access deny all
@@ -369,9 +374,10 @@ cold() {
     t0=$(date +%s.%N)
     BG_PIDS=()
     for ((i = 0; i < CLIENTS; i++)); do
-        ( { curl -sS --max-time "$COLD_TIMEOUT" "${PX[@]}" -D "$WORK/cold/$p/$i.head" \
+        # (curl's status must be written before errexit ends the group: hence `|| rc=$?`.)
+        ( { rc=0; curl -sS --max-time "$COLD_TIMEOUT" "${PX[@]}" -D "$WORK/cold/$p/$i.head" \
                 -w '%{stderr}RESULT %{http_code} %{size_download} %{time_starttransfer} %{time_total}\n' \
-                "$url" 2>"$WORK/cold/$p/$i.err"; echo $? >"$WORK/cold/$p/$i.rc"; } |
+                "$url" 2>"$WORK/cold/$p/$i.err" || rc=$?; echo "$rc" >"$WORK/cold/$p/$i.rc"; } |
             sha256sum | cut -d' ' -f1 >"$WORK/cold/$p/$i.sha" ) &
         BG_PIDS+=($!)
     done
@@ -399,6 +405,7 @@ cold() {
     done
     read -r n b r <<<"$(origin_count "/$p/big.bin")"
     R[$p.req]=$n
+    R[$p.intact]="$ok/$CLIENTS"
     R[$p.bytes]=$b
     R[$p.up]=$(awk -v b="$b" -v s="$BIG_BYTES" 'BEGIN { printf "%.2f", b / s }')
     R[$p.wall]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
@@ -479,14 +486,26 @@ throughput() { # proxy object key
     R[$p.$key.cpu]=$W_CPU
 }
 
-latency() { # proxy
+# One latency run of a proxy (round N): its p50 and p99 (ms) and requests/s go to $WORK/lat/PROXY.
+latency() { # proxy round
     local p=$1
     available "$p" || return 0
-    warm "$p" small.bin || return 0
-    run_wrk "$p" "$p small.bin hits, one connection" 1 1 "$LAT_DURATION" "$(url_of "$p" small.bin)" || return 0
-    R[$p.p50]=$(awk -v u="$W_P50" 'BEGIN { printf "%.3f", u / 1000 }')
-    R[$p.p99]=$(awk -v u="$W_P99" 'BEGIN { printf "%.3f", u / 1000 }')
-    R[$p.rps]=$(awk -v r="$W_REQ" -v s="$W_SECS" 'BEGIN { printf "%.0f", r / s }')
+    [[ $2 == 1 ]] && { warm "$p" small.bin || return 0; }
+    run_wrk "$p" "$p small.bin hits, one connection, round $2" 1 1 "$LAT_DURATION" "$(url_of "$p" small.bin)" ||
+        return 0
+    mkdir -p "$WORK/lat"
+    awk -v a="$W_P50" -v b="$W_P99" -v r="$W_REQ" -v s="$W_SECS" 'BEGIN {
+        printf "%.3f %.3f %.0f\n", a / 1000, b / 1000, r / s }' >>"$WORK/lat/$p"
+}
+# The median over the rounds of each figure (latency on one connection moves with how the scheduler places the
+# client and the server: rounds taken in turn, proxy after proxy, give each the same conditions).
+latency_medians() { # proxy
+    local p=$1 col key
+    [[ -s "$WORK/lat/$1" ]] || return 0
+    for col in 1:p50 2:p99 3:rps; do
+        key=${col#*:}
+        R[$p.$key]=$(cut -d' ' -f"${col%%:*}" "$WORK/lat/$p" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+    done
 }
 
 # How busy the machine is before the runs: the figures mean something only on a quiet one.
@@ -506,8 +525,11 @@ for p in relais nginx squid; do
     throughput "$p" mid.bin mid
 done
 
-phase "3. latency of a 4 KiB hit: wrk -t1 -c1 -d${LAT_DURATION}s (one keep-alive connection)"
-for p in relais nginx squid; do latency "$p"; done
+phase "3. latency of a 4 KiB hit: wrk -t1 -c1 -d${LAT_DURATION}s (one keep-alive connection), $LAT_ROUNDS rounds"
+for ((round = 1; round <= LAT_ROUNDS; round++)); do
+    for p in relais nginx squid; do latency "$p" "$round"; done
+done
+for p in relais nginx squid; do latency_medians "$p"; done
 
 # Nothing should have gone to the origin for the hits: it was all cached.
 for p in relais nginx squid; do
@@ -541,17 +563,23 @@ row() { # label key goal-op goal-value (goal on the relais value if op starts wi
 }
 {
     echo
-    echo "relais cache benchmark, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ); relais $(git -C "$ROOT" rev-parse \
---short HEAD 2>/dev/null || echo "?") ($RELAIS_BIN), nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), squid \
-$("$SQUID" -v | sed -n 's/.*Version //p'); origin limit_rate $ORIGIN_RATE; machine busy before: ${BUSY}%"
+    echo "relais cache benchmark, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ); nginx $("$NGINX" -v 2>&1 |
+        sed 's/.*\///'), squid $("$SQUID" -v | sed -n 's/.*Version //p'); origin limit_rate $ORIGIN_RATE per connection;" \
+        "machine busy before: ${BUSY}% of one core"
+    echo "relais: $RELAIS_BIN ($RELAIS_FROM)"
     [[ -n "$RELAIS_NOTE" ]] && echo "relais: $RELAIS_NOTE"
     line metric relais nginx squid r/nginx r/squid goal result
+    intact() { [[ ${R[$1.intact]:-} ]] || { echo n/a; return; }; [[ ${R[$1.intact]} == "$CLIENTS/$CLIENTS" ]] &&
+        echo MET || echo FAIL; }
+    line "cold $CLIENTS: clients that got the object intact" "$(get relais.intact)" "$(get nginx.intact)" \
+        "$(get squid.intact)" - - "all" "$(intact relais)"
     row "cold $CLIENTS: upstream bytes / object" up v"<=" 1.00
     row "cold $CLIENTS: origin requests" req
     row "cold $CLIENTS: wall time, all done (s)" wall
     row "cold $CLIENTS: median first byte (s)" ttfb
     row "cold $CLIENTS: proxy CPU (s)" coldcpu
     fr=$(get fwd.up)
+    line "cold $CLIENTS, relais forward proxy: intact" "$(get fwd.intact)" - - - - "all" "$(intact fwd)"
     line "cold $CLIENTS, relais forward proxy: up / object" "$fr" - - - - "<=1.00" "$(verdict "$fr" "<=" 1.00)"
     [[ -n "${R[fwd.req]:-}" ]] && line "  forward proxy: origin requests; wall (s)" \
         "${R[fwd.req]}; ${R[fwd.wall]}" - - - - - info
@@ -560,6 +588,11 @@ $("$SQUID" -v | sed -n 's/.*Version //p'); origin limit_rate $ORIGIN_RATE; machi
     row "hit 4 KiB, 1 connection: p50 (ms)" p50
     row "hit 4 KiB, 1 connection: p99 (ms)" p99
     row "hit 4 KiB, 1 connection: req/s" rps
+    rounds=$(for p in relais nginx squid; do
+        if [[ -s "$WORK/lat/$p" ]]; then printf '%s %s; ' "$p" "$(awk '{ printf "%s%s/%s", (NR > 1 ? ", " : ""), $1, $2 }' \
+            "$WORK/lat/$p")"; fi
+    done)
+    echo "4 KiB hits, p50/p99 (ms) of each round: ${rounds%; }"
     cpu=$(for p in relais nginx squid; do
         if [[ -n "${R[$p.big.cpu]:-}" ]]; then printf '%s %s/%s, ' "$p" "${R[$p.big.cpu]}" "${R[$p.mid.cpu]:-n/a}"; fi
     done)

@@ -604,17 +604,28 @@ fn thirty_clients_on_a_cold_object_make_one_origin_request_and_read_during_the_f
         .collect();
 
     origin.wait_held("/video.mp4", 1, Duration::from_secs(30));
+    let mut clients: Vec<_> = clients.into_iter().map(Some).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let with_half = progress.iter().filter(|p| p.load(Ordering::SeqCst) >= half).count();
         if with_half == CLIENTS {
             break;
         }
-        if Instant::now() > deadline {
+        // No client can be done while the origin holds half the object: one that is has failed.
+        let ended: Vec<String> = clients
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.is_finished()))
+            .filter_map(|(i, c)| {
+                let result = c.take()?.join().expect("client thread");
+                Some(format!("client {i}: {:?}", result.map(|(status, bytes)| (status, bytes.len()))))
+            })
+            .collect();
+        if !ended.is_empty() || Instant::now() > deadline {
             let got: Vec<usize> = progress.iter().map(|p| p.load(Ordering::SeqCst)).collect();
             panic!(
                 "while the origin held the second half, only {with_half} of {CLIENTS} clients had the first \
-                 {half} bytes (bytes per client: {got:?}; origin requests: {})",
+                 {half} bytes (bytes per client: {got:?}; origin requests: {}); clients that ended meanwhile: {ended:?}",
                 origin.count("/video.mp4")
             );
         }
@@ -629,6 +640,7 @@ fn thirty_clients_on_a_cold_object_make_one_origin_request_and_read_during_the_f
     origin.release("/video.mp4");
 
     for (i, client) in clients.into_iter().enumerate() {
+        let client = client.expect("every client still running");
         let (status, bytes) = client.join().expect("client thread").unwrap_or_else(|e| panic!("client {i}: {e}"));
         assert_eq!(status, 200, "client {i}");
         assert!(bytes == *body, "client {i}: {} bytes that differ from the origin's {len}", bytes.len());

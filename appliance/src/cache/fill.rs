@@ -55,6 +55,11 @@ impl Fill {
         self.progress.borrow().clone()
     }
 
+    /// Ends a download that handed over to another one: its readers look again and find the other.
+    pub fn finish_empty(&self) {
+        self.progress.send_modify(|p| p.done = Some(Ok(())));
+    }
+
     /// Ends a download that never started (its request failed).
     pub fn fail(&self, cause: String) {
         self.progress.send_modify(|p| p.done = Some(Err(cause)));
@@ -68,20 +73,30 @@ pub type Incoming = hyper::body::Incoming;
 /// `fill.start`.
 pub async fn run(cache: Arc<Cache>, object: Arc<Object>, fill: Arc<Fill>, mut body: Incoming, class: Class) {
     let path = entry::body_path(cache.index.root(), &object.key, fill.generation);
-    let outcome = write_body(&cache, &object, &fill, &mut body, &path, class).await;
+    let written = write_body(&cache, &object, &fill, &mut body, &path, class).await;
+    let (end, pending) = match &written {
+        Ok((end, pending)) => (Some(*end), pending.clone()),
+        Err(_) => (None, Vec::new()),
+    };
+    let outcome = written.map(|_| ());
     let (keep, meta) = {
-        let mut state = object.lock();
+        let state = object.lock();
         if let Err(cause) = &outcome {
             log::info!("cache: download of {} stopped at byte {}: {cause}", state.meta.url, fill.progress().end);
         }
-        if state.fill.as_ref().is_some_and(|f| Arc::ptr_eq(f, &fill)) {
-            state.fill = None;
+        // The head to save: with the last slices, not yet shown to readers (see below).
+        let mut meta = state.meta.clone();
+        if let Some(end) = end {
+            meta.length.get_or_insert(end);
+        }
+        for (slice, hash) in &pending {
+            set_slice(&mut meta.slices, *slice, hash.clone());
         }
         // A cut download is worth keeping only if it can be resumed: known length and a validator for If-Range.
-        let resumable = state.meta.length.is_some()
-            && super::policy::if_range_validator(&state.meta.header_map()).is_some()
-            && state.meta.stored_prefix() > 0;
-        (outcome.is_ok() || resumable, state.meta.clone())
+        let resumable = meta.length.is_some()
+            && super::policy::if_range_validator(&meta.header_map()).is_some()
+            && meta.stored_prefix() > 0;
+        (outcome.is_ok() || resumable, meta)
     };
     let saved = if keep {
         let root = cache.index.root().to_owned();
@@ -98,7 +113,18 @@ pub async fn run(cache: Arc<Cache>, object: Arc<Object>, fill: Arc<Fill>, mut bo
         Err("not resumable".into())
     };
     match saved {
-        Ok(()) => cache.index.resize(&object, meta.disk_size()),
+        Ok(()) => {
+            let mut state = object.lock();
+            if state.meta.generation == meta.generation {
+                state.meta.length = meta.length;
+                for (slice, _) in &pending {
+                    state.set_verified(*slice);
+                }
+                state.meta.slices.clone_from(&meta.slices);
+            }
+            drop(state);
+            cache.index.resize(&object, meta.disk_size());
+        }
         Err(cause) => {
             if keep {
                 log::warn!("cache: cannot save {}: {cause}", meta.url);
@@ -106,7 +132,20 @@ pub async fn run(cache: Arc<Cache>, object: Arc<Object>, fill: Arc<Fill>, mut bo
             cache.drop_object(&object).await;
         }
     }
-    fill.progress.send_modify(|p| p.done = Some(outcome));
+    // The last bytes are announced only now, with the head saved: a client that has the whole object knows
+    // the box has it too, even if the box is killed the next instant. Until then readers wait on this download.
+    {
+        let mut state = object.lock();
+        if state.fill.as_ref().is_some_and(|f| Arc::ptr_eq(f, &fill)) {
+            state.fill = None;
+        }
+    }
+    fill.progress.send_modify(|p| {
+        if let Some(end) = end {
+            p.end = end;
+        }
+        p.done = Some(outcome);
+    });
     cache.make_room().await;
 }
 
@@ -117,7 +156,7 @@ async fn write_body(
     body: &mut Incoming,
     path: &std::path::Path,
     class: Class,
-) -> Result<(), String> {
+) -> Result<(u64, Vec<(usize, String)>), String> {
     let file = {
         let at = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -139,7 +178,7 @@ async fn write_body(
         let frame = match body.frame().now_or_never() {
             Some(frame) => frame,
             None if !batch.is_empty() => {
-                pos = write_batch(cache, object, fill, &file, &mut batch, pos, &mut hasher).await?;
+                pos = write_batch(cache, object, fill, &file, &mut batch, pos, &mut hasher, None).await?;
                 continue;
             }
             None => match tokio::time::timeout(timeout, body.frame()).await {
@@ -157,29 +196,24 @@ async fn write_body(
         }
         batch.extend_from_slice(&data);
         if batch.len() >= WRITE_BATCH {
-            pos = write_batch(cache, object, fill, &file, &mut batch, pos, &mut hasher).await?;
+            pos = write_batch(cache, object, fill, &file, &mut batch, pos, &mut hasher, None).await?;
         }
         if pos - saved_at >= SAVE_EVERY {
             saved_at = pos;
             save_partial(cache, object).await;
         }
     }
-    pos = write_batch(cache, object, fill, &file, &mut batch, pos, &mut hasher).await?;
+    // The last batch and the last, short slice are held back from readers until the head is saved (`run`).
+    let mut pending = Vec::new();
+    pos = write_batch(cache, object, fill, &file, &mut batch, pos, &mut hasher, Some(&mut pending)).await?;
     match length {
         Some(len) if pos < len => return Err(format!("the upstream body ended at {pos} of {len} bytes")),
         _ => {}
     }
-    // The last, short slice.
-    let mut state = object.lock();
-    if state.meta.length.is_none() {
-        state.meta.length = Some(pos);
-    }
     if !pos.is_multiple_of(SLICE) {
-        let slice = (pos / SLICE) as usize;
-        set_slice(&mut state.meta.slices, slice, hasher.finalize().to_hex().to_string());
-        state.set_verified(slice);
+        pending.push(((pos / SLICE) as usize, hasher.finalize().to_hex().to_string()));
     }
-    Ok(())
+    Ok((pos, pending))
 }
 
 fn set_slice(slices: &mut Vec<Option<String>>, slice: usize, hash: String) {
@@ -189,7 +223,9 @@ fn set_slice(slices: &mut Vec<Option<String>>, slice: usize, hash: String) {
     slices[slice] = Some(hash);
 }
 
-/// Writes `batch` at `pos`, hashes it into the slices it completes, and tells readers.
+/// Writes `batch` at `pos`, hashes it into the slices it completes, and tells readers — unless `held` is given:
+/// then the completed slices go there and readers are not told.
+#[allow(clippy::too_many_arguments)]
 async fn write_batch(
     cache: &Arc<Cache>,
     object: &Arc<Object>,
@@ -198,6 +234,7 @@ async fn write_batch(
     batch: &mut Vec<u8>,
     pos: u64,
     hasher: &mut blake3::Hasher,
+    held: Option<&mut Vec<(usize, String)>>,
 ) -> Result<u64, String> {
     if batch.is_empty() {
         return Ok(pos);
@@ -223,6 +260,10 @@ async fn write_batch(
             completed.push(((at / SLICE - 1) as usize, hasher.finalize().to_hex().to_string()));
             *hasher = blake3::Hasher::new();
         }
+    }
+    if let Some(held) = held {
+        held.extend(completed);
+        return Ok(at);
     }
     if !completed.is_empty() {
         let mut state = object.lock();

@@ -43,6 +43,8 @@ const PASS_FOR: Duration = Duration::from_secs(30);
 /// After an upstream failed to answer for an object, the requests that queued behind that attempt get the same
 /// answer for this long instead of each waiting out its own timeout in turn.
 const FAILED_FOR: Duration = Duration::from_secs(5);
+/// Objects up to this size are checked whole before their first answer after a start (see `Cache::intact`).
+const VERIFY_FIRST: u64 = 64 << 20;
 /// Eviction brings the cache down to this share of its budget, so it does not run at each new object.
 const EVICT_TO_PERCENT: u64 = 90;
 
@@ -304,7 +306,7 @@ impl Cache {
             if self.passing(&key) {
                 return self.pass(request).await;
             }
-            if let Some(answer) = self.try_stored(&key, &request, &req_directives) {
+            if let Some(answer) = self.try_stored(&key, &request, &req_directives).await {
                 return Ok(answer);
             }
             if req_directives.only_if_cached {
@@ -320,7 +322,7 @@ impl Cache {
                 drop(guard);
                 return self.pass(request).await;
             }
-            if let Some(answer) = self.try_stored(&key, &request, &req_directives) {
+            if let Some(answer) = self.try_stored(&key, &request, &req_directives).await {
                 return Ok(answer);
             }
             if let Some(cause) = self.failed_lately(&key) {
@@ -372,22 +374,65 @@ impl Cache {
     }
 
     /// A stored answer usable as it is, if there is one.
-    fn try_stored(self: &Arc<Self>, key: &Key, request: &Request, req: &Directives) -> Option<Response> {
+    async fn try_stored(self: &Arc<Self>, key: &Key, request: &Request, req: &Directives) -> Option<Response> {
         let object = self.index.get(key)?;
         let meta = object.meta();
         if !usable_for(&meta, &request.headers) {
             return None;
         }
         let reuse = meta.with_stored(|stored| policy::reuse(stored, req, now()));
-        if reuse != Reuse::Fresh {
+        if reuse != Reuse::Fresh || !self.intact(&object).await {
             return None;
         }
-        self.count(request, Outcome::Hit);
+        // A stored part of a cut download: the rest comes from the upstream, so it is not a hit.
+        let outcome = if meta.complete() || object.lock().fill.is_some() { Outcome::Hit } else { Outcome::Miss };
+        self.count(request, outcome);
         if request.counted {
             // Kept in the head when it is next saved, so eviction remembers popularity across restarts.
             object.lock().meta.hits += 1;
         }
-        Some(self.respond(object, request, Outcome::Hit, None))
+        Some(self.respond(object, request, outcome, None))
+    }
+
+    /// Checks the slices of an object this process has not read yet against their hashes, before its first
+    /// answer after a start: a damaged object is dropped and fetched again for this very request, instead of
+    /// being cut in the middle. Objects over `VERIFY_FIRST` are checked slice by slice as they are sent.
+    async fn intact(&self, object: &Arc<Object>) -> bool {
+        let (meta, todo) = {
+            let state = object.lock();
+            let todo: Vec<usize> = (0..state.meta.slices.len())
+                .filter(|&i| state.meta.slices[i].is_some() && !state.is_verified(i))
+                .collect();
+            (state.meta.clone(), todo)
+        };
+        if todo.is_empty() || meta.stored_prefix() > VERIFY_FIRST {
+            return true;
+        }
+        let path = entry::body_path(self.index.root(), &object.key, meta.generation);
+        let checked = {
+            let todo = todo.clone();
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                todo.iter().try_for_each(|&i| {
+                    entry::read_slice(&file, &path, &meta, i, false).map(drop).map_err(|e| e.to_string())
+                })
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+        };
+        match checked {
+            Ok(()) => {
+                let mut state = object.lock();
+                todo.iter().for_each(|&i| state.set_verified(i));
+                true
+            }
+            Err(e) => {
+                log::warn!("cache: {e}; dropping the entry and fetching it again");
+                self.drop_object(object).await;
+                false
+            }
+        }
     }
 
     /// Goes to the upstream for a miss or a revalidation, holding the object's gate.
@@ -495,23 +540,25 @@ impl Cache {
         let object = Object::new(key, meta.clone());
         let fill = fill::Fill::new(0, meta.generation);
         object.lock().fill = Some(fill.clone());
+        // Head and body file exist before the object is findable: a request that finds it opens the body at once.
+        let (root, key, head) = (self.index.root().to_owned(), object.key.clone(), meta.clone());
+        let created = tokio::task::spawn_blocking(move || {
+            entry::write_meta(&root, &key, &head).map_err(|e| e.to_string())?;
+            std::fs::File::create(entry::body_path(&root, &key, head.generation)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(e) = created {
+            log::warn!("cache: cannot store {}: {e}", request.url);
+            self.count(request, Outcome::Bypass);
+            return Ok(self.relay(response, request.method == Method::HEAD));
+        }
         if let Some(old) = self.index.insert(object.clone(), names_now) {
             let generation = old.meta().generation;
-            let root = self.index.root().to_owned();
-            let key = old.key.clone();
             if generation != meta.generation {
-                let _ = std::fs::remove_file(entry::body_path(&root, &key, generation));
+                let _ = std::fs::remove_file(entry::body_path(self.index.root(), &old.key, generation));
             }
-        }
-        self.write_head(&object).await;
-        // The body file exists before any reader looks for it.
-        let path = entry::body_path(self.index.root(), &object.key, meta.generation);
-        if let Err(e) = tokio::task::spawn_blocking(move || std::fs::File::create(path))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-        {
-            log::warn!("cache: {e}");
         }
         let body = response.into_body();
         tokio::spawn(fill::run(self.clone(), object.clone(), fill, body, request.class));
@@ -947,6 +994,20 @@ impl Cache {
         let outcome = self.send(&meta.url, Method::GET, headers, None).await;
         let response = match outcome {
             Ok(r) if r.status() == StatusCode::PARTIAL_CONTENT && range_start(r.headers()) == Some(fill.start) => r,
+            Ok(r)
+                if r.status() == StatusCode::OK
+                    && policy::if_range_validator(r.headers()).is_some()
+                    && policy::if_range_validator(r.headers()) == policy::if_range_validator(&stored)
+                    && content_length(r.headers()) == meta.length =>
+            {
+                // The same object from its start (an upstream that ignores ranges): download it again over the
+                // part already stored; readers wait for it where they are.
+                let whole = fill::Fill::new(0, meta.generation);
+                object.lock().fill = Some(whole.clone());
+                fill.finish_empty();
+                tokio::spawn(fill::run(self.clone(), object.clone(), whole, r.into_body(), class));
+                return Ok(());
+            }
             Ok(r) => {
                 // The object changed (or the upstream ignores ranges): the stored part is of no use.
                 let cause = format!("resuming got {} instead of the missing part", r.status());

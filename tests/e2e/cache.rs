@@ -792,6 +792,51 @@ fn cached_objects_survive_restart_and_sigkill_and_a_cut_fill_is_never_served_hal
     assert!(problems.is_empty(), "after SIGKILLs:\n{}", problems.join("\n"));
 }
 
+/// What the school sees of a cut uplink: the admin's status says the uplink is offline and gives the cache's
+/// figures, and every user's home page says the connection is down; both recover once the origin answers.
+#[test]
+fn the_portal_says_when_the_uplink_is_down_and_shows_the_cache_figures() {
+    let mut origin = Origin::start();
+    origin.set("/video.mp4", Route::ok(vec![7u8; 300_000]).cache_control("max-age=3600"));
+    let relais = Relais::start(&config_for(&origin, &[]));
+    let admin = relais.admin();
+    let pupil = relais.user(&admin, "eleve.hors-ligne", "pupil", &["6A"], &[]);
+    for _ in 0..3 {
+        get(&relais, "/video.mp4", &[]).expect_status(200);
+    }
+    let status = admin.call("GET", "/api/admin/status").expect_status(200).json();
+    let cache = &status["cache"];
+    assert_eq!(cache["entries"], 1, "{status}");
+    assert_eq!(cache["requests"], 3, "{status}");
+    let ratio = cache["byte_hit_ratio"].as_f64().unwrap_or(0.0);
+    assert!((0.6..0.7).contains(&ratio), "2 of 3 downloads from the cache: {status}");
+    assert_eq!(cache["saved_bytes"], 600_000, "{status}");
+    assert_eq!(cache["upstream_down"], false, "{status}");
+    let home = pupil.call("GET", "/accueil").expect_status(200).text();
+    assert!(!home.contains("connexion internet de l'école est coupée"), "uplink up, yet: {home}");
+    let home = admin.call("GET", "/accueil").expect_status(200).text();
+    assert!(home.contains("Cache internet") && home.contains("économisés"), "the admin sees the cache: {home}");
+
+    origin.stop();
+    let resp = get(&relais, "/jamais-vu", &[]);
+    assert!(matches!(resp.status, 502 | 504), "{resp:?}");
+    let status = admin.call("GET", "/api/admin/status").expect_status(200).json();
+    assert_eq!(status["uplink"], "offline", "{status}");
+    assert_eq!(status["cache"]["upstream_down"], true, "{status}");
+    let home = pupil.call("GET", "/accueil").expect_status(200).text();
+    assert!(home.contains("connexion internet de l'école est coupée"), "the pupil is not told: {home}");
+    // Still served from the cache meanwhile.
+    assert_x_cache(&get(&relais, "/video.mp4", &[]).expect_status(200), "HIT", "uplink down");
+
+    origin.start_again();
+    origin.set("/jamais-vu", Route::ok("enfin").cache_control("max-age=60"));
+    assert_eq!(get(&relais, "/jamais-vu", &[]).expect_status(200).text(), "enfin");
+    let status = admin.call("GET", "/api/admin/status").expect_status(200).json();
+    assert_eq!(status["cache"]["upstream_down"], false, "{status}");
+    let home = pupil.call("GET", "/accueil").expect_status(200).text();
+    assert!(!home.contains("connexion internet de l'école est coupée"), "the uplink is back: {home}");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The origin down or lying
 // ---------------------------------------------------------------------------------------------------------

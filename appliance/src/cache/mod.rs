@@ -41,7 +41,7 @@ const MIN_FREE_BYTES: u64 = 256 << 20;
 /// queueing behind each other for a chance to share a download (Varnish's hit-for-pass).
 const PASS_FOR: Duration = Duration::from_secs(30);
 /// After an upstream failed to answer for an object, the requests that queued behind that attempt get the same
-/// answer for this long instead of each waiting out its own timeout in turn.
+/// answer (for at most this long) instead of each waiting out its own timeout in turn.
 const FAILED_FOR: Duration = Duration::from_secs(5);
 /// Objects up to this size are checked whole before their first answer after a start (see `Cache::intact`).
 const VERIFY_FIRST: u64 = 64 << 20;
@@ -300,6 +300,7 @@ impl Cache {
             return self.pass(request).await;
         }
         let req_directives = Directives::of_request(&request.headers);
+        let arrived = Instant::now();
         // A few rounds at most: a round ends early only when the object's Vary changed under us.
         for _ in 0..3 {
             let (key, names) = self.key_for(&request);
@@ -325,7 +326,7 @@ impl Cache {
             if let Some(answer) = self.try_stored(&key, &request, &req_directives).await {
                 return Ok(answer);
             }
-            if let Some(cause) = self.failed_lately(&key) {
+            if let Some(cause) = self.failed_lately(&key, arrived) {
                 drop(guard);
                 let url = request.url.clone();
                 return match self.index.get(&key).filter(|o| self.may_serve_stale(&o.meta())) {
@@ -356,10 +357,12 @@ impl Cache {
         passes.contains_key(key)
     }
 
-    fn failed_lately(&self, key: &Key) -> Option<String> {
+    /// The failure of an upstream attempt that ended while this request (arrived at `arrived`) queued behind
+    /// it; a request that arrives later tries the upstream itself.
+    fn failed_lately(&self, key: &Key, arrived: Instant) -> Option<String> {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         failures.retain(|_, (at, _)| at.elapsed() < FAILED_FOR);
-        failures.get(key).map(|(_, cause)| cause.clone())
+        failures.get(key).filter(|(at, _)| *at >= arrived).map(|(_, cause)| cause.clone())
     }
 
     fn gate(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {

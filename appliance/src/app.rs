@@ -45,6 +45,8 @@ pub struct App {
     pub proxy_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// What the cache's prefetcher did last, once it runs.
     pub prefetch: std::sync::OnceLock<crate::cache::prefetch::StatusHandle>,
+    /// WebDAV's state: verified Basic credentials, locks (see `http::dav`).
+    pub dav: crate::http::dav::DavState,
     /// One argon2 hash at a time: each takes 19 MiB (kept between hashes, see `account`), and with one
     /// core hashing the others keep serving files while 30 pupils log in at 8:00.
     hashing: tokio::sync::Semaphore,
@@ -111,6 +113,7 @@ impl App {
             throttle: Throttle::new(&config.login),
             metrics: Metrics::default(),
             hashing: tokio::sync::Semaphore::new(1),
+            dav: crate::http::dav::DavState::default(),
             store,
             config,
         };
@@ -220,6 +223,15 @@ impl App {
 
     /// Checks a password and opens a session. Returns the cookie token and the user.
     pub async fn login(&self, login: &str, password: &str, client: IpAddr) -> Result<(String, User), LoginError> {
+        let user = self.check_credentials(login, password, client).await?;
+        let token = self.open_session(&user).await?;
+        log::info!("user {} logged in from {client}", user.login);
+        Ok((token, user))
+    }
+
+    /// Checks a password under the login throttle, without opening a session: `login`, and WebDAV's Basic
+    /// authentication (which sends the password with every request), share it.
+    pub async fn check_credentials(&self, login: &str, password: &str, client: IpAddr) -> Result<User, LoginError> {
         if let Err(wait) = self.throttle.check(login, client) {
             self.metrics.logins_throttled.inc();
             return Err(LoginError::Throttled(wait));
@@ -250,9 +262,7 @@ impl App {
             return Err(LoginError::Disabled);
         }
         self.throttle.succeeded(login);
-        let token = self.open_session(&user).await?;
-        log::info!("user {} logged in from {client}", user.login);
-        Ok((token, user))
+        Ok(user)
     }
 
     async fn open_session(&self, user: &User) -> Result<String, StoreError> {

@@ -9,6 +9,7 @@ pub mod body;
 pub mod ca;
 mod cache;
 pub mod crl;
+pub mod dav;
 pub mod files;
 mod portal;
 pub mod zipstream;
@@ -274,6 +275,7 @@ async fn route(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         (&Method::GET, "/metrics") => metrics(ctx, &req),
         (&Method::GET | &Method::HEAD, "/proxy.pac") => Ok(cache::pac(ctx, &req)),
         (_, p) if p.starts_with("/cache/") => cache::handle(ctx, req).await,
+        (_, p) if p == dav::PREFIX || p.starts_with("/dav/") => dav::handle(ctx, req).await,
         (_, p) if p.starts_with(crate::sync::protocol::PREFIX) => match ctx.app.region.clone() {
             Some(gateway) => crate::region::sync::handle(ctx, &gateway, req).await,
             None => Err(ApiError::NotFound),

@@ -10,6 +10,8 @@ mod blob;
 mod cache;
 mod chunks;
 mod lock;
+mod moves;
+pub mod props;
 mod snapshot;
 pub mod sync;
 #[cfg(test)]
@@ -111,6 +113,8 @@ pub struct Store {
     chunks: sled::Tree,
     /// Each indexed blob's chunk list.
     manifests: sled::Tree,
+    /// WebDAV dead properties by tree key; see `props`.
+    props: sled::Tree,
     /// Received chunks waiting for their file.
     stage: std::sync::Arc<crate::sync::chunk::ChunkStage>,
     /// Woken after every local change, so replication starts a session soon.
@@ -233,6 +237,7 @@ impl Store {
             me: String::new(),
             chunks: db.open_tree("chunks")?,
             manifests: db.open_tree("manifests")?,
+            props: db.open_tree("props")?,
             stage: std::sync::Arc::new(crate::sync::chunk::ChunkStage::open(&data.join("chunks"))?),
             changed: tokio::sync::Notify::new(),
             db,
@@ -579,37 +584,11 @@ impl Store {
         let _installed = tokio::task::spawn_blocking(move || blobs.install(&mut staged).map(|()| staged))
             .await
             .map_err(|e| StoreError::io(Path::new("blobs"), std::io::Error::other(e)))??;
-        let now = now_ms();
-        let key = entry_key(path);
-        let entry = Entry { dir: false, size, hash: Some(hash.to_hex()), modified: now, owner: owner.to_string() };
-        let partition = versions::partition_of(path);
+        let entry = Entry { dir: false, size, hash: Some(hash.to_hex()), modified: now_ms(), owner: owner.to_string() };
         let trees = (&self.entries, &self.refs, &self.usage, &self.versions, &self.journal, &self.meta);
         let result = unwrap_tx(trees.transaction(|(entries, refs, usage, versions, journal, meta)| {
             let v = versions::Versions { meta, versions, journal, me: &self.me };
-            Self::tx_make_parents(entries, &v, &path[..path.len() - 1], owner, now)?;
-            let old: Option<Entry> = tx_get(entries, &key)?;
-            let mut released = None;
-            if let Some(old) = &old {
-                if old.dir {
-                    return abort(StoreError::IsADirectory);
-                }
-                tx_add(usage, old.owner.as_bytes(), -(old.size as i64))?;
-                if let Some(h) = old.blob() {
-                    if tx_add(refs, &h.0, -1)? == 0 {
-                        released = Some(h);
-                    }
-                }
-            }
-            let used = tx_add(usage, owner.as_bytes(), size as i64)?;
-            if let Some(limit) = limit {
-                if used > limit {
-                    return abort(StoreError::QuotaExceeded);
-                }
-            }
-            tx_add(refs, &hash.0, 1)?;
-            entries.insert(key.as_slice(), encode(&entry))?;
-            v.stamp(&versions::file_key(&key), partition, None, old.as_ref().and_then(|o| o.hash.clone()))?;
-            Ok((old.is_none(), released.filter(|h| *h != hash)))
+            Self::tx_put_file(entries, refs, usage, &v, path, &entry, limit)
         }));
         let (created, released) = match result {
             Ok(done) => done,
@@ -704,6 +683,10 @@ impl Store {
             }
             Ok(released)
         }))?;
+        // Dead properties are local metadata (they do not replicate): dropped with their record, after it.
+        for k in &doomed {
+            self.props.remove(k.as_slice())?;
+        }
         drop(guard);
         self.flush().await?;
         self.changed.notify_one();
@@ -727,6 +710,53 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Makes `entry` (a file, whose blob is installed and stays referenced) the record at `path` inside a
+    /// transaction: parents created, a replaced file's quota and blob reference given back, its owner charged
+    /// and refused past `limit`. Returns whether the path was new, and a blob nothing references any more.
+    fn tx_put_file(
+        entries: &TransactionalTree,
+        refs: &TransactionalTree,
+        usage: &TransactionalTree,
+        v: &versions::Versions<'_>,
+        path: &[String],
+        entry: &Entry,
+        limit: Option<u64>,
+    ) -> TxResult<(bool, Option<Hash>)> {
+        let Some(hash) = entry.blob() else {
+            return abort(StoreError::IsADirectory);
+        };
+        let key = entry_key(path);
+        Self::tx_make_parents(entries, v, &path[..path.len() - 1], &entry.owner, entry.modified)?;
+        let old: Option<Entry> = tx_get(entries, &key)?;
+        let mut released = None;
+        if let Some(old) = &old {
+            if old.dir {
+                return abort(StoreError::IsADirectory);
+            }
+            tx_add(usage, old.owner.as_bytes(), -(old.size as i64))?;
+            if let Some(h) = old.blob() {
+                if tx_add(refs, &h.0, -1)? == 0 {
+                    released = Some(h);
+                }
+            }
+        }
+        let used = tx_add(usage, entry.owner.as_bytes(), entry.size as i64)?;
+        if let Some(limit) = limit {
+            if used > limit {
+                return abort(StoreError::QuotaExceeded);
+            }
+        }
+        tx_add(refs, &hash.0, 1)?;
+        entries.insert(key.as_slice(), encode(entry))?;
+        v.stamp(
+            &versions::file_key(&key),
+            versions::partition_of(path),
+            None,
+            old.as_ref().and_then(|o| o.hash.clone()),
+        )?;
+        Ok((old.is_none(), released.filter(|h| *h != hash)))
     }
 
     /// Creates the missing folders of `parents`, each a new record stamped by this replica.

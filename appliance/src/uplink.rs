@@ -81,21 +81,7 @@ impl Scheduler {
         let d = direction as usize;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.waiting[d][class as usize] += 1;
-        while let Some(rate) = self.bytes_per_second() {
-            let burst = (rate * BURST_SECONDS).max(MIN_BURST);
-            let now = Instant::now();
-            let bucket = &mut state.buckets[d];
-            bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
-            bucket.at = now;
-            let urgent_waiting = state.waiting[d][..class as usize].iter().any(|&n| n > 0);
-            // A request larger than the burst passes once the bucket is full, and leaves it in debt.
-            let need = (bytes as f64).min(burst);
-            if !urgent_waiting && state.buckets[d].tokens >= need {
-                state.buckets[d].tokens -= bytes as f64;
-                break;
-            }
-            let short = (need - state.buckets[d].tokens).max(0.0);
-            let wait = Duration::from_secs_f64((short / rate).clamp(0.001, 1.0));
+        while let Err(wait) = self.try_take(&mut state, class, direction, bytes) {
             state = self.changed.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0;
         }
         state.waiting[d][class as usize] -= 1;
@@ -111,30 +97,40 @@ impl Scheduler {
             self.count(direction, bytes);
             return;
         }
-        let d = direction as usize;
         let waiting = Waiting::new(self, class, direction);
         loop {
-            let wait = {
+            let taken = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(rate) = self.bytes_per_second() else { break };
-                let burst = (rate * BURST_SECONDS).max(MIN_BURST);
-                let now = Instant::now();
-                let bucket = &mut state.buckets[d];
-                bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
-                bucket.at = now;
-                let urgent_waiting = state.waiting[d][..class as usize].iter().any(|&n| n > 0);
-                let need = (bytes as f64).min(burst);
-                if !urgent_waiting && state.buckets[d].tokens >= need {
-                    state.buckets[d].tokens -= bytes as f64;
-                    break;
-                }
-                let short = (need - state.buckets[d].tokens).max(0.0);
-                Duration::from_secs_f64((short / rate).clamp(0.001, 1.0))
+                self.try_take(&mut state, class, direction, bytes)
             };
-            tokio::time::sleep(wait).await;
+            match taken {
+                Ok(()) => break,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
         }
         drop(waiting);
         self.count(direction, bytes);
+    }
+
+    /// Takes `bytes` from the bucket if they may pass now (no more urgent class waiting, enough tokens), else
+    /// says how long to wait before trying again.
+    fn try_take(&self, state: &mut State, class: Class, direction: Direction, bytes: u64) -> Result<(), Duration> {
+        let d = direction as usize;
+        let Some(rate) = self.bytes_per_second() else { return Ok(()) };
+        let burst = (rate * BURST_SECONDS).max(MIN_BURST);
+        let now = Instant::now();
+        let bucket = &mut state.buckets[d];
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        bucket.at = now;
+        let urgent_waiting = state.waiting[d][..class as usize].iter().any(|&n| n > 0);
+        // A request larger than the burst passes once the bucket is full, and leaves it in debt.
+        let need = (bytes as f64).min(burst);
+        if !urgent_waiting && state.buckets[d].tokens >= need {
+            state.buckets[d].tokens -= bytes as f64;
+            return Ok(());
+        }
+        let short = (need - state.buckets[d].tokens).max(0.0);
+        Err(Duration::from_secs_f64((short / rate).clamp(0.001, 1.0)))
     }
 
     fn count(&self, direction: Direction, bytes: u64) {

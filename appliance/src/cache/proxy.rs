@@ -148,37 +148,32 @@ async fn tunnel<C>(cache: &Arc<Cache>, client: C, target: tokio::net::TcpStream)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut target_read, mut target_write) = target.into_split();
-    let up = async {
-        let mut buf = vec![0u8; 32 << 10];
-        loop {
-            let n = match client_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            cache.uplink.acquire_async(Class::Interactive, Direction::Up, n as u64).await;
-            if target_write.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
+    let (client_read, client_write) = tokio::io::split(client);
+    let (target_read, target_write) = target.into_split();
+    tokio::join!(
+        pump(cache, client_read, target_write, Direction::Up),
+        pump(cache, target_read, client_write, Direction::Down)
+    );
+}
+
+/// One direction of a tunnel, until its reader ends; then the writer is shut so the other side sees the end.
+async fn pump<R, W>(cache: &Arc<Cache>, mut from: R, mut to: W, direction: Direction)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        cache.uplink.acquire_async(Class::Interactive, direction, n as u64).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
         }
-        let _ = target_write.shutdown().await;
-    };
-    let down = async {
-        let mut buf = vec![0u8; 32 << 10];
-        loop {
-            let n = match target_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            cache.uplink.acquire_async(Class::Interactive, Direction::Down, n as u64).await;
-            if client_write.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = client_write.shutdown().await;
-    };
-    tokio::join!(up, down);
+    }
+    let _ = to.shutdown().await;
 }
 
 /// The proxy auto-configuration file the portal serves at `/proxy.pac`: local names and addresses go direct,

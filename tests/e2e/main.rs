@@ -19,6 +19,9 @@ mod crash;
 /// Revocation lists: the gateway's at the URLs its certificates name, a revocation published at once, and the
 /// box's copy of the LAN list served on the school LAN, uplink or not.
 mod crl;
+/// WebDAV on `/dav/` (issue 8): the portal's permissions and quotas, one tree with `/api/files`, PROPFIND,
+/// MOVE/COPY, locks, Basic authentication under the login throttle, and the litmus suites.
+mod dav;
 /// Directory imports: ONDE, AAF and CSV exports over HTTP and the CLI, refusals, moves, leavers, undo, activation.
 mod directory;
 /// Upload and download, ranges, ETags, listings, mkdir and delete, quotas, dedup, restarts, Unicode names, zip.

@@ -144,14 +144,22 @@ impl UserFs {
 
     /// What stands at a readable target: its store record, or a virtual folder.
     fn stat(&self, target: &Target) -> FsResult<Meta> {
-        let Some(internal) = &target.internal else {
-            return Ok(Meta::folder());
+        let meta = match &target.internal {
+            None => Meta::folder(),
+            Some(internal) => match self.app.store.stat(internal).map_err(store_error)? {
+                Some(entry) => Meta::of(&entry),
+                None if target.kind == Kind::Inside => return Err(FsError::NotFound),
+                None => Meta::folder(),
+            },
         };
-        match self.app.store.stat(internal).map_err(store_error)? {
-            Some(entry) => Ok(Meta::of(&entry)),
-            None if target.kind == Kind::Inside => Err(FsError::NotFound),
-            None => Ok(Meta::folder()),
-        }
+        Ok(if meta.dir { Meta { size: self.folder_len(), ..meta } } else { meta })
+    }
+
+    /// The size a folder reports: the user's usage. dav-server answers RFC 4331's `quota-used-bytes` of a
+    /// folder with its size (and `quota-available-bytes` as the quota minus it), and no client reads a
+    /// folder's size otherwise (`getcontentlength` is for files only).
+    fn folder_len(&self) -> u64 {
+        self.app.store.usage(&self.user.login).unwrap_or(0)
     }
 
     /// WebDAV creates nothing implicitly: a PUT, MKCOL, COPY or MOVE whose parent folder is missing is a 409.
@@ -217,10 +225,11 @@ impl DavFileSystem for UserFs {
                 Node::Folder(items) => items,
                 Node::File(_) => return Err(FsError::Forbidden),
             };
+            let folder_len = self.folder_len();
             let entries = items.into_iter().map(|item| {
                 let meta = Meta {
                     dir: item.dir,
-                    size: item.size,
+                    size: if item.dir { folder_len } else { item.size },
                     modified: item.modified_ms,
                     hash: item.etag.map(|e| e.trim_matches('"').to_string()),
                 };
@@ -373,7 +382,7 @@ impl DavFileSystem for UserFs {
     }
 
     /// RFC 4331: the user's own quota, wherever they look (what they may still write is what the file
-    /// manager should show).
+    /// manager should show); see `folder_len`.
     fn get_quota(&self) -> FsFuture<'_, (u64, Option<u64>)> {
         async move {
             let used = self.app.store.usage(&self.user.login).map_err(store_error)?;

@@ -72,10 +72,21 @@ stop_pid() { # pid signal: signal, wait up to 10 s, then SIGKILL
     wait "$pid" 2>/dev/null || true
 }
 
+# The processes a process started, theirs, and so on (a cold client is a subshell running curl in a pipeline).
+descendants() {
+    local c
+    for c in $(pgrep -P "$1" 2>/dev/null); do
+        descendants "$c"
+        echo "$c"
+    done
+}
+
 cleanup() {
     local rc=$? pid
-    for pid in "${BG_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${BG_PIDS[@]}"; do stop_pid "$pid" KILL; done
+    local -a all=()
+    for pid in "${BG_PIDS[@]}"; do mapfile -t -O "${#all[@]}" all < <(descendants "$pid"; echo "$pid"); done
+    for pid in "${all[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${all[@]}"; do stop_pid "$pid" KILL; done
     stop_pid "$RELAIS_PID" TERM
     stop_pid "$SQUID_PID" TERM
     stop_pid "$NGINX_PID" QUIT

@@ -212,6 +212,9 @@ fn one_tree_through_webdav_and_the_portal() {
     portal.put("me/Devoirs/plan.txt", b"plan").expect_status(201);
     let got = dav.get("me/Devoirs/plan.txt").expect_status(200);
     assert_eq!(got.body, b"plan");
+    // A partial PUT would replace the file with its slice: refused, the file unchanged.
+    dav.send("PUT", "me/Devoirs/plan.txt", &[("Content-Range", "bytes 0-1/4")], Some(b"xx")).expect_status(400);
+    assert_eq!(portal.get("me/Devoirs/plan.txt").expect_status(200).body, b"plan");
     let ranged = dav.send("GET", "me/Devoirs/exposé.pdf", &[("Range", "bytes=10-19")], None).expect_status(206);
     assert_eq!(ranged.body, &content[10..20]);
     let listed = hrefs(&dav.propfind("me/Devoirs/", "1").expect_status(207));

@@ -68,6 +68,14 @@ async fn serve(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
         set(&mut resp, header::CONTENT_TYPE, "application/xml; charset=utf-8");
         return Ok(resp);
     }
+    // Partial writes (Apache's Content-Range PUT, SabreDAV's PATCH) would replace a file with its slice in
+    // our whole-file store: refused, as RFC 9110 asks of servers without partial PUT.
+    if req.method() == Method::PUT && req.headers().contains_key(header::CONTENT_RANGE) {
+        return Err(ApiError::BadRequest("les envois partiels (Content-Range) ne sont pas pris en charge".into()));
+    }
+    if req.method() == Method::PATCH {
+        return Err(ApiError::MethodNotAllowed);
+    }
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         if let Some(resp) = get_file(ctx, &user, &req).await? {
             return Ok(resp);

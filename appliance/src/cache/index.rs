@@ -239,11 +239,6 @@ impl Index {
         }
         evicted
     }
-
-    /// Every object (for the prefetcher's and the tests' views).
-    pub fn all(&self) -> Vec<Arc<Object>> {
-        self.inner().slots.values().map(|slot| slot.object.clone()).collect()
-    }
 }
 
 #[cfg(test)]

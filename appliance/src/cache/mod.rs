@@ -303,7 +303,7 @@ impl Cache {
         let arrived = Instant::now();
         // A few rounds at most: a round ends early only when the object's Vary changed under us.
         for _ in 0..3 {
-            let (key, names) = self.key_for(&request);
+            let key = self.key_for(&request);
             if self.passing(&key) {
                 return self.pass(request).await;
             }
@@ -316,7 +316,7 @@ impl Cache {
             }
             let gate = self.gate(&key);
             let guard = gate.lock().await;
-            if self.key_for(&request).0 != key {
+            if self.key_for(&request) != key {
                 continue;
             }
             if self.passing(&key) {
@@ -338,17 +338,17 @@ impl Cache {
                 };
             }
             let stored = self.index.get(&key);
-            let result = self.fetch(&mut request, &req_directives, stored, names).await;
+            let result = self.fetch(&mut request, &req_directives, stored).await;
             drop(guard);
             return result.map_err(|e| (request, e));
         }
         self.pass(request).await
     }
 
-    fn key_for(&self, request: &Request) -> (Key, Vec<String>) {
+    /// The key of the variant a request asks for, given what the URL's stored responses vary on.
+    fn key_for(&self, request: &Request) -> Key {
         let names = self.index.vary_names(&request.url);
-        let values = policy::vary_values(&names, &request.headers);
-        (entry::key(&request.url, &values), names)
+        entry::key(&request.url, &policy::vary_values(&names, &request.headers))
     }
 
     fn passing(&self, key: &Key) -> bool {
@@ -444,7 +444,6 @@ impl Cache {
         request: &mut Request,
         req: &Directives,
         stored: Option<Arc<Object>>,
-        names: Vec<String>,
     ) -> Result<Response, CacheError> {
         let stored = stored.filter(|o| usable_for(&o.lock().meta, &request.headers));
         let stored_meta = stored.as_ref().map(|o| o.meta());
@@ -482,7 +481,7 @@ impl Cache {
                     _ => {
                         if let CacheError::Unreachable { cause, .. } = &e {
                             let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-                            failures.insert(self.key_for(request).0, (Instant::now(), cause.clone()));
+                            failures.insert(self.key_for(request), (Instant::now(), cause.clone()));
                         }
                         return Err(e);
                     }
@@ -509,12 +508,11 @@ impl Cache {
                 self.passes
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(self.key_for(request).0, Instant::now() + PASS_FOR);
+                    .insert(self.key_for(request), Instant::now() + PASS_FOR);
             }
             self.count(request, Outcome::Bypass);
             return Ok(self.relay(response, request.method == Method::HEAD));
         };
-        let _ = names;
         // A new response to store: a new object (a new body generation) in place of the old one.
         let values = policy::vary_values(&names_now, &request.headers);
         let key = entry::key(&request.url, &values);

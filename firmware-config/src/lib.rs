@@ -19,8 +19,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}, line {line}: {message}")]
     Invalid { path: PathBuf, line: usize, message: String },
-    #[error("{path}: {key}: {message}")]
-    Value { path: PathBuf, key: &'static str, message: String },
+    #[error("{path}, line {line}: {key}: {message}")]
+    Value { path: PathBuf, line: usize, key: &'static str, message: String },
 }
 
 /// The whole file. Every section may be left out.
@@ -281,7 +281,7 @@ pub struct Cache {
 impl Default for Cache {
     fn default() -> Self {
         Cache {
-            size: ByteSize(8 << 30),
+            size: Profile::default().sizing().cache_size,
             max_stale: Span(std::time::Duration::from_secs(7 * 86400)),
             upstream_timeout: Span(std::time::Duration::from_secs(30)),
             proxy_listen: "auto".into(),
@@ -330,7 +330,8 @@ impl Default for Logging {
     }
 }
 
-/// Hardware profiles the image is built for.
+/// Hardware profiles the image is built for. A profile sets the defaults of the keys that depend on the
+/// machine (see [`Sizing`]); a key the file sets wins over its profile.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub enum Profile {
     #[default]
@@ -342,11 +343,77 @@ pub enum Profile {
     Arm64Rpi5,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+/// What a hardware profile sets when the file leaves it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizing {
+    /// `cache.size`: a share of the usual disk, leaving most of it to users' files.
+    pub cache_size: ByteSize,
+    /// `hardware.workers`: threads serving connections.
+    pub workers: u32,
+    /// `hardware.blocking_threads`: threads for disk writes, fsyncs and password hashing.
+    pub blocking_threads: u32,
+    /// `hardware.boot_size`: the EFI system partition (mini-PC) or the Raspberry Pi firmware partition.
+    pub boot_size: ByteSize,
+    /// `hardware.system_size`: each of the two system slots (A/B); the data partition takes the rest.
+    pub system_size: ByteSize,
+}
+
+impl Profile {
+    /// The names a file may give, for messages.
+    pub const NAMES: &'static [&'static str] = &["x86_64-minipc", "arm64-rpi4", "arm64-rpi5"];
+
+    /// The defaults this hardware gets. A mini-PC has 4+ x86 cores and a 256 GB+ SSD; a Pi 4 boots from an SD
+    /// card or a USB disk (slow fsyncs: fewer blocking threads, a small cache); a Pi 5 has faster cores and
+    /// often an NVMe disk.
+    pub fn sizing(self) -> Sizing {
+        let (cache_gib, workers, blocking_threads, boot_mib) = match self {
+            Profile::X86_64MiniPc => (32, 4, 64, 128),
+            Profile::Arm64Rpi4 => (4, 2, 16, 256),
+            Profile::Arm64Rpi5 => (16, 4, 32, 256),
+        };
+        Sizing {
+            cache_size: ByteSize(cache_gib << 30),
+            workers,
+            blocking_threads,
+            boot_size: ByteSize(boot_mib << 20),
+            system_size: ByteSize(1 << 30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Hardware {
-    /// "x86_64-minipc", "arm64-rpi4" or "arm64-rpi5".
+    /// "x86_64-minipc", "arm64-rpi4" or "arm64-rpi5"; sets the defaults of the keys below and of `cache.size`.
     pub profile: Profile,
+    /// Threads serving connections (the async runtime's workers).
+    pub workers: u32,
+    /// Threads for blocking work: disk writes and fsyncs, password hashing.
+    pub blocking_threads: u32,
+    /// Size of the boot partition `image/build` makes (EFI system partition, or the Pi's firmware partition).
+    pub boot_size: ByteSize,
+    /// Size of each system slot (A and B) `image/build` makes; the data partition takes the rest of the disk.
+    pub system_size: ByteSize,
+}
+
+impl Hardware {
+    /// The section as `profile` sets it.
+    pub fn for_profile(profile: Profile) -> Hardware {
+        let sizing = profile.sizing();
+        Hardware {
+            profile,
+            workers: sizing.workers,
+            blocking_threads: sizing.blocking_threads,
+            boot_size: sizing.boot_size,
+            system_size: sizing.system_size,
+        }
+    }
+}
+
+impl Default for Hardware {
+    fn default() -> Self {
+        Hardware::for_profile(Profile::default())
+    }
 }
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -361,17 +428,63 @@ impl Config {
 
     /// Parses the text of a configuration file; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1);
-            ConfigError::Invalid { path: path.to_owned(), line, message: e.message().to_string() }
-        })?;
-        config.validate(path)?;
+        let invalid = |e: toml::de::Error| {
+            let offset = e.span().map(|span| span.start.min(text.len())).unwrap_or(0);
+            let line = text[..offset].matches('\n').count() + 1;
+            let message = match key_at_line(text, line) {
+                Some(key) => format!("{key}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            ConfigError::Invalid { path: path.to_owned(), line, message }
+        };
+        let table: toml::Table = toml::from_str(text).map_err(invalid)?;
+        let mut config: Config = toml::from_str(text).map_err(invalid)?;
+        config.apply_profile(&table);
+        config.validate_text(path, Some(text))?;
         Ok(config)
+    }
+
+    /// Fills the keys the file left out with what its hardware profile sets for them.
+    fn apply_profile(&mut self, table: &toml::Table) {
+        let given = |section: &str, key: &str| {
+            table.get(section).and_then(|s| s.as_table()).is_some_and(|s| s.contains_key(key))
+        };
+        let profile = Hardware::for_profile(self.hardware.profile);
+        if !given("cache", "size") {
+            self.cache.size = self.hardware.profile.sizing().cache_size;
+        }
+        let hardware = &mut self.hardware;
+        if !given("hardware", "workers") {
+            hardware.workers = profile.workers;
+        }
+        if !given("hardware", "blocking_threads") {
+            hardware.blocking_threads = profile.blocking_threads;
+        }
+        if !given("hardware", "boot_size") {
+            hardware.boot_size = profile.boot_size;
+        }
+        if !given("hardware", "system_size") {
+            hardware.system_size = profile.system_size;
+        }
     }
 
     /// Checks what the types alone cannot.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let err = |key, message: String| ConfigError::Value { path: path.to_owned(), key, message };
+        self.validate_text(path, None)
+    }
+
+    /// [`Config::validate`], naming the line of the bad key when the file's text is at hand.
+    fn validate_text(&self, path: &Path, text: Option<&str>) -> Result<(), ConfigError> {
+        self.validate_keys().map_err(|(key, message)| ConfigError::Value {
+            path: path.to_owned(),
+            line: text.and_then(|t| line_of_key(t, key)).unwrap_or(0),
+            key,
+            message,
+        })
+    }
+
+    fn validate_keys(&self) -> Result<(), (&'static str, String)> {
+        let err = |key, message: String| (key, message);
         let uai = &self.identity.uai;
         if !uai.is_empty() && !is_uai(uai) {
             return Err(err(
@@ -424,15 +537,32 @@ impl Config {
         if self.region.certificate_validity.0.as_secs() < 60 {
             return Err(err("region.certificate_validity", "must be at least 1m".into()));
         }
-        self.validate_cache(path)?;
+        self.validate_cache()?;
         if self.storage.data.as_os_str().is_empty() {
             return Err(err("storage.data", "must name a folder".into()));
+        }
+        self.validate_hardware()
+    }
+
+    fn validate_hardware(&self) -> Result<(), (&'static str, String)> {
+        let hardware = &self.hardware;
+        if !(1..=256).contains(&hardware.workers) {
+            return Err(("hardware.workers", "must be between 1 and 256".into()));
+        }
+        if !(1..=4096).contains(&hardware.blocking_threads) {
+            return Err(("hardware.blocking_threads", "must be between 1 and 4096".into()));
+        }
+        if !(32 << 20..=4 << 30).contains(&hardware.boot_size.0) {
+            return Err(("hardware.boot_size", "must be between 32MiB and 4GiB".into()));
+        }
+        if !(256 << 20..=64 << 30).contains(&hardware.system_size.0) {
+            return Err(("hardware.system_size", "must be between 256MiB and 64GiB".into()));
         }
         Ok(())
     }
 
-    fn validate_cache(&self, path: &Path) -> Result<(), ConfigError> {
-        let err = |key, message: String| ConfigError::Value { path: path.to_owned(), key, message };
+    fn validate_cache(&self) -> Result<(), (&'static str, String)> {
+        let err = |key, message: String| (key, message);
         let cache = &self.cache;
         let listen = cache.proxy_listen.trim();
         if !matches!(listen, "auto" | "off" | "") && listen.parse::<SocketAddr>().is_err() {
@@ -488,6 +618,58 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// The table a header line opens (`[cache]`, `[[cache.upstream]]`), if `line` is one.
+fn header(line: &str) -> Option<String> {
+    let line = line.split('#').next().unwrap_or("").trim();
+    let inner = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]"));
+    let inner = inner.or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))?;
+    Some(inner.split('.').map(|part| part.trim().trim_matches('"')).collect::<Vec<_>>().join("."))
+}
+
+/// The key a `key = value` line sets, if it is one.
+fn key_of(line: &str) -> Option<&str> {
+    let line = line.trim_start();
+    if line.starts_with('#') || line.starts_with('[') {
+        return None;
+    }
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    (!key.is_empty()).then_some(key)
+}
+
+/// The dotted name (`section.key`) of what line `line` (from 1) of the file sets, for messages.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut section = String::new();
+    for (n, l) in text.lines().enumerate() {
+        if let Some(h) = header(l) {
+            section = h;
+        }
+        if n + 1 == line {
+            let key = key_of(l)?;
+            return Some(if section.is_empty() { key.to_owned() } else { format!("{section}.{key}") });
+        }
+    }
+    None
+}
+
+/// The line (from 1) where the file sets `key` (dotted), or where its section opens if the key is only
+/// implied; the first of an array of tables.
+fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let (want_section, want_key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut section = String::new();
+    let mut opened = None;
+    for (n, l) in text.lines().enumerate() {
+        if let Some(h) = header(l) {
+            if h == want_section && opened.is_none() {
+                opened = Some(n + 1);
+            }
+            section = h;
+        } else if section == want_section && key_of(l) == Some(want_key) {
+            return Some(n + 1);
+        }
+    }
+    opened
 }
 
 /// A DNS host name a certificate can carry: dot-separated labels of letters, digits and inner hyphens (RFC 1123),
@@ -600,6 +782,145 @@ mod tests {
 
         let e = parse("[hardware]\nprofile = \"pdp11\"\n").expect_err("bad profile");
         assert!(e.to_string().contains("x86_64-minipc"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_sets_every_key() {
+        let text = include_str!("../relais.example.toml");
+        let rendered = Config::default().to_toml();
+        let mut section = String::new();
+        for line in rendered.lines() {
+            if let Some(h) = header(line) {
+                section = h;
+            } else if let Some(key) = key_of(line) {
+                let dotted = format!("{section}.{key}");
+                if dotted == "cache.upstream" {
+                    assert!(text.contains("[[cache.upstream]]"), "the example does not document cache.upstream");
+                    continue;
+                }
+                assert!(
+                    key_at_line(text, line_of_key(text, &dotted).unwrap_or(0)).as_deref() == Some(&dotted),
+                    "the example does not document {dotted}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_profile_sets_the_defaults_the_file_leaves_out() {
+        let minipc = parse("").expect("empty");
+        assert_eq!(minipc.hardware.profile, Profile::X86_64MiniPc);
+        assert_eq!(minipc.cache.size, ByteSize(32 << 30));
+        assert_eq!(minipc.hardware.workers, 4);
+
+        let rpi4 = parse("[hardware]\nprofile = \"arm64-rpi4\"\n").expect("rpi4");
+        assert_eq!(rpi4.cache.size, ByteSize(4 << 30));
+        assert_eq!(rpi4.hardware, Hardware::for_profile(Profile::Arm64Rpi4));
+        assert_eq!(rpi4.hardware.workers, 2);
+        assert_eq!(rpi4.hardware.boot_size, ByteSize(256 << 20));
+
+        let rpi5 = parse("[hardware]\nprofile = \"arm64-rpi5\"\n").expect("rpi5");
+        assert_eq!(rpi5.cache.size, ByteSize(16 << 30));
+        assert_eq!(rpi5.hardware.blocking_threads, 32);
+
+        // What the file says wins over the profile, wherever the section sits.
+        let own = parse("[cache]\nsize = \"1GiB\"\n[hardware]\nworkers = 3\nprofile = \"arm64-rpi4\"\n").expect("own");
+        assert_eq!(own.cache.size, ByteSize(1 << 30));
+        assert_eq!(own.hardware.workers, 3);
+        assert_eq!(own.hardware.blocking_threads, 16);
+        assert_eq!(parse(&own.to_toml()).expect("rendered"), own);
+    }
+
+    /// Every key of the file, each with a bad value: the error names the file, the line, the key, and what
+    /// would be accepted. The list must cover every key `config show` prints.
+    #[test]
+    fn every_key_has_a_clear_error_for_a_bad_value() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("identity.uai", "\"123\"", "7 digits"),
+            ("identity.name", "3", "string"),
+            ("lan.listen", "\"everywhere\"", "socket address"),
+            ("lan.tls", "\"maybe\"", "`auto`, `on`, `off`"),
+            ("lan.names", "[\"my box\"]", "host name"),
+            ("lan.http_redirect", "\"port 80\"", "0.0.0.0:80"),
+            ("storage.data", "\"\"", "must name a folder"),
+            ("quota.pupil", "\"lots\"", "lots"),
+            ("quota.teacher", "-1", "size"),
+            ("quota.parent", "\"1 pint\"", "1 pint"),
+            ("quota.staff", "true", "size"),
+            ("quota.admin", "\"all\"", "all"),
+            ("login.session_lifetime", "\"0s\"", "at least 1s"),
+            ("login.max_failures_per_login", "0", "at least 1"),
+            ("login.max_failures_per_client", "0", "at least 1"),
+            ("login.window", "\"soon\"", "soon"),
+            ("limits.header_timeout", "\"a while\"", "a while"),
+            ("limits.body_idle_timeout", "[]", "duration"),
+            ("limits.shutdown_grace", "\"10 fortnights\"", "fortnights"),
+            ("limits.max_header_bytes", "\"1KiB\"", "at least 8KiB"),
+            ("directory.leaver_delay", "\"later\"", "later"),
+            ("directory.max_import_size", "\"big\"", "big"),
+            ("uplink.gateway", "\"http://ent.example\"", "https://"),
+            ("uplink.rate", "\"fast\"", "fast"),
+            ("uplink.windows", "[\"08:00-25:00 30%\"]", "25:00"),
+            ("uplink.sync_interval", "\"1ms\"", "at least 100ms"),
+            ("uplink.connections", "64", "between 1 and 32"),
+            ("region.certificate_validity", "\"1s\"", "at least 1m"),
+            ("region.token_validity", "\"forever\"", "forever"),
+            ("cache.size", "\"huge\"", "huge"),
+            ("cache.max_stale", "true", "duration"),
+            ("cache.upstream_timeout", "\"1ms\"", "at least 100ms"),
+            ("cache.proxy_listen", "\"3128\"", "\"auto\", \"off\""),
+            ("cache.connect_ports", "[0]", "not a port"),
+            ("cache.ca_files", "\"ca.pem\"", "sequence"),
+            ("cache.prefetch", "[\"ftp://x/y\"]", "http://"),
+            ("cache.prefetch_lists", "[\"list.txt\"]", "http://"),
+            ("cache.prefetch_interval", "\"0s\"", "at least 1s"),
+            ("cache.upstream", "3", "sequence"),
+            ("cache.upstream.name", "\"a b\"", "letters, digits"),
+            ("cache.upstream.url", "\"ftp://x\"", "https://HOST"),
+            ("logging.level", "\"loud\"", "error, warn, info, debug, trace"),
+            ("hardware.profile", "\"pdp11\"", "`x86_64-minipc`, `arm64-rpi4`, `arm64-rpi5`"),
+            ("hardware.workers", "0", "between 1 and 256"),
+            ("hardware.blocking_threads", "0", "between 1 and 4096"),
+            ("hardware.boot_size", "\"1MiB\"", "between 32MiB and 4GiB"),
+            ("hardware.system_size", "\"64MiB\"", "between 256MiB and 64GiB"),
+        ];
+        let mut wrong = Vec::new();
+        for (dotted, value, accepted) in cases {
+            let (section, key) = dotted.rsplit_once('.').expect("dotted");
+            let text = match *dotted {
+                "cache.upstream.name" => {
+                    format!("# a comment\n[[cache.upstream]]\nurl = \"https://x\"\nname = {value}\n")
+                }
+                "cache.upstream.url" => format!("# a comment\n[[cache.upstream]]\nname = \"ent\"\nurl = {value}\n"),
+                _ => format!("# a comment\n[{section}]\n\n{key} = {value}\n"),
+            };
+            match parse(&text) {
+                Ok(_) => wrong.push(format!("{dotted} = {value} accepted")),
+                Err(e) => {
+                    let e = e.to_string();
+                    if !e.starts_with("relais.toml, line 4: ")
+                        || !e.contains(&format!("{dotted}: "))
+                        || !e.contains(accepted)
+                    {
+                        wrong.push(format!("{dotted}: « {e} » should name line 4, the key and say {accepted}"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+        let covered: std::collections::HashSet<&str> = cases.iter().map(|c| c.0).collect();
+        let mut with_upstream = Config::default();
+        with_upstream.cache.upstream.push(CacheUpstream { name: "ent".into(), url: "https://x".into() });
+        let mut section = String::new();
+        for line in with_upstream.to_toml().lines() {
+            if let Some(h) = header(line) {
+                section = h;
+            } else if let Some(key) = key_of(line) {
+                let dotted = format!("{section}.{key}");
+                assert!(covered.contains(dotted.as_str()), "no bad-value case for {dotted}");
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -116,4 +117,42 @@ fn shutdown_drains_an_upload_in_flight() {
     relais.respawn();
     let resp = relais.admin().get("me/drain.bin").expect_status(200);
     assert!(resp.body == body, "the drained upload was not stored whole");
+}
+
+/// A technician's `relais config check FILE`: 0 on a good file (the example shipped in `firmware-config/`), 2 on a
+/// bad one with the file, line, key and accepted values; `relais serve` refuses the same file and says why.
+#[test]
+fn config_check_and_serve_refuse_a_bad_file_and_say_why() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../firmware-config/relais.example.toml");
+    let mut check = Command::new(BIN);
+    check.args(["config", "check", example]);
+    let (status, out, err) = run_bounded(check, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{out}{err}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("relais.toml");
+    std::fs::write(&bad, "[identity]\nuai = \"0123456A\"\n\n[hardware]\nprofile = \"pdp11\"\n").expect("write");
+    let mut check = Command::new(BIN);
+    check.arg("config").arg("check").arg(&bad);
+    let (status, out, err) = run_bounded(check, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{out}{err}");
+    for what in [bad.to_str().expect("utf-8"), "line 5", "hardware.profile", "x86_64-minipc", "arm64-rpi5"] {
+        assert!(err.contains(what), "config check does not say {what}: {err}");
+    }
+
+    let mut serve = Command::new(BIN);
+    serve.arg("serve").arg("--config").arg(&bad).arg("--data").arg(dir.path().join("data"));
+    serve.args(["--listen", "127.0.0.1:0"]);
+    let (status, out, err) = run_bounded(serve, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "serve started on a bad file: {out}{err}");
+    assert!(err.contains("line 5") && err.contains("hardware.profile"), "{err}");
+    assert!(!out.contains("listening on"), "{out}");
+
+    // The profile's defaults show in `config show`.
+    std::fs::write(&bad, "[hardware]\nprofile = \"arm64-rpi4\"\n").expect("write");
+    let mut show = Command::new(BIN);
+    show.args(["config", "show", "--config"]).arg(&bad);
+    let (status, out, err) = run_bounded(show, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{out}{err}");
+    assert!(out.contains("size = \"4GiB\"") && out.contains("workers = 2"), "{out}");
 }

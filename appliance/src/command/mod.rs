@@ -52,6 +52,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Runtime::new().map_err(Failure::runtime)
 }
 
+/// The daemons' runtime, sized by `[hardware]` (its profile's worker and blocking-thread counts).
+fn daemon_runtime(hardware: &firmware_config::Hardware) -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(hardware.workers as usize)
+        .max_blocking_threads(hardware.blocking_threads as usize)
+        .enable_all()
+        .build()
+        .map_err(Failure::runtime)
+}
+
 /// What both daemons (the box and the gateway) do before serving: the configuration with the command-line
 /// overrides, logging, and the data folder's lock (held as long as the returned guard lives).
 pub fn daemon(

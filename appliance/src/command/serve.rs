@@ -11,7 +11,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     let (config, data, _lock) = super::daemon(args)?;
     let transport = crate::lan_tls::transport(&config, &data).map_err(Failure::runtime)?;
     let tls = matches!(transport, server::Transport::Tls(_));
-    super::runtime()?.block_on(async {
+    super::daemon_runtime(&config.hardware)?.block_on(async {
         let (app, admin_password) =
             App::open(config, &data).await.map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
         let redirect = redirect::bind(&app.config.lan, tls).await.map_err(Failure::runtime)?;

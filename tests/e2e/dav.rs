@@ -367,3 +367,42 @@ fn litmus_suites_pass() {
     assert!(unexpected.is_empty(), "litmus failures not listed in the README: {unexpected:#?}\n{out}");
     assert!(relais.stderr_tail().lines().all(|l| !l.contains("panicked")), "{}", relais.stderr_tail());
 }
+
+/// Polls `client` (a region's) until `path` reads `expected` (`None`: until it is gone).
+fn wait_at_region(client: &Client, path: &str, expected: Option<&[u8]>, logs: &dyn Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let resp = client.get(path);
+        let done = match expected {
+            Some(body) => resp.status == 200 && resp.body == body,
+            None => resp.status == 404,
+        };
+        if done {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path} never became {expected:?} at the region\n{}", logs());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn files_written_and_moved_over_webdav_replicate() {
+    let mut region = Region::init(None);
+    region.serve();
+    let relais = crate::replication::replicating_box(&region.bundle("0123456A", "École des Tilleuls", None, &[]));
+    crate::trust::wait_enrolled(&relais);
+    let logs = || format!("box:\n{}\nregion:\n{}", relais.stderr_tail(), region.stderr_tail());
+    relais.admin().create_user("lea.martin", "pupil", &["CM2"], &[]);
+    let dav = Dav::of(&relais, "lea.martin");
+    let body = content(5, 200 << 10);
+    dav.send("MKCOL", "me/Devoirs", &[], None).expect_status(201);
+    dav.put("me/Devoirs/expose.odt", &body).expect_status(201);
+    let home = crate::replication::region_login(&region, "lea.martin", &logs);
+    wait_at_region(&home, "me/Devoirs/expose.odt", Some(&body), &logs);
+    // A move travels as the new names created and the old ones deleted.
+    dav.transfer("MOVE", "me/Devoirs", "me/Rendu", None).expect_status(201);
+    wait_at_region(&home, "me/Rendu/expose.odt", Some(&body), &logs);
+    wait_at_region(&home, "me/Devoirs/expose.odt", None, &logs);
+    dav.transfer("COPY", "me/Rendu/expose.odt", "me/copie.odt", None).expect_status(201);
+    wait_at_region(&home, "me/copie.odt", Some(&body), &logs);
+}

@@ -439,3 +439,39 @@ mod replication {
         assert!(pair.region.user("admin").expect("user").is_none(), "admins never travel");
     }
 }
+
+#[tokio::test]
+async fn moves_and_copies_keep_content_quota_and_properties() {
+    use super::props::{DeadProp, PropChange};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    put(&store, "users/lea/a/un.txt", b"un", "lea", None).await.expect("put");
+    put(&store, "users/lea/a/b/deux.txt", b"deux", "lea", None).await.expect("put");
+    let tag = DeadProp { namespace: "urn:x".into(), name: "tag".into(), prefix: None, xml: Some("<tag/>".into()) };
+    store.patch_props(&p("users/lea/a/b/deux.txt"), &[PropChange::Set(tag.clone())]).await.expect("props");
+    // A move takes the folder with everything below it, properties included; owners and usage stay.
+    store.rename(&p("users/lea/a"), &p("users/lea/c/d")).await.expect("rename");
+    assert!(store.stat(&p("users/lea/a")).expect("stat").is_none());
+    assert!(store.stat(&p("users/lea/a/b/deux.txt")).expect("stat").is_none());
+    assert_eq!(store.stat(&p("users/lea/c/d/b/deux.txt")).expect("stat").map(|e| e.size), Some(4));
+    assert_eq!(store.props(&p("users/lea/c/d/b/deux.txt")).expect("props"), vec![tag.clone()]);
+    assert!(store.props(&p("users/lea/a/b/deux.txt")).expect("props").is_empty());
+    assert_eq!(store.usage("lea").expect("usage"), 6);
+    assert!(matches!(store.rename(&p("users/lea/c"), &p("users/lea/c/d/e")).await, Err(StoreError::NotADirectory)));
+    assert!(matches!(store.rename(&p("users/lea/c/d/un.txt"), &p("users/lea/c/d")).await, Err(StoreError::Exists)));
+    // A copy is charged to its owner, within their limit, and shares the content.
+    assert!(matches!(
+        store.copy_file(&p("users/lea/c/d/b/deux.txt"), &p("users/tom/deux.txt"), "tom", Some(3)).await,
+        Err(StoreError::QuotaExceeded)
+    ));
+    store.copy_file(&p("users/lea/c/d/b/deux.txt"), &p("users/tom/deux.txt"), "tom", None).await.expect("copy");
+    assert_eq!(store.usage("tom").expect("usage"), 4);
+    assert_eq!(store.props(&p("users/tom/deux.txt")).expect("props"), vec![tag]);
+    store.delete(&p("users/lea/c")).await.expect("delete");
+    assert_eq!(blob_files(dir.path()), 1, "the copy still holds the content");
+    assert!(store.props(&p("users/lea/c/d/b/deux.txt")).expect("props").is_empty(), "deleted with its file");
+    // Everything above survives a restart.
+    drop(store);
+    let store = reopen(dir.path()).await;
+    assert_eq!(store.stat(&p("users/tom/deux.txt")).expect("stat").map(|e| e.size), Some(4));
+}

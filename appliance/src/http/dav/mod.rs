@@ -94,7 +94,12 @@ async fn serve(ctx: &mut Ctx, req: Request) -> Result<Response, ApiError> {
     let (parts, incoming) = req.into_parts();
     let stream = body::stream(incoming, idle).map_err(|e| std::io::Error::other(e.to_string()));
     let resp = handler.handle_stream(hyper::Request::from_parts(parts, stream)).await;
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    // dav-server also announces SabreDAV's partial updates, which we refuse (see above): a client believing it
+    // would PATCH and fail.
+    if parts.headers.contains_key("dav") {
+        parts.headers.insert("dav", http::HeaderValue::from_static("1, 2, 3"));
+    }
     Ok(hyper::Response::from_parts(parts, BodyExt::boxed(SyncBody(std::sync::Mutex::new(body)))))
 }
 

@@ -9,6 +9,7 @@ use crate::util::*;
 /// A WebDAV client: Basic credentials on every request, as file managers send them.
 struct Dav {
     agent: ureq::Agent,
+    addr: std::net::SocketAddr,
     base: String,
     auth: Option<String>,
 }
@@ -18,6 +19,7 @@ impl Dav {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"));
         Dav {
             agent: ureq::AgentBuilder::new().redirects(0).build(),
+            addr: relais.addr(),
             base: relais.url("/dav"),
             auth: Some(format!("Basic {token}")),
         }
@@ -44,9 +46,18 @@ impl Dav {
         Client::send(req, body)
     }
 
+    /// `PUT` over a plain socket: a refusal from the headers (403, 507) comes before the body is read, and
+    /// the connection closes; an HTTP library would report the broken pipe instead of the answer.
     #[track_caller]
     fn put(&self, path: &str, body: &[u8]) -> Resp {
-        self.send("PUT", path, &[], Some(body))
+        let mut headers = vec![("Content-Length", body.len().to_string())];
+        if let Some(auth) = &self.auth {
+            headers.push(("Authorization", auth.clone()));
+        }
+        let head = raw_head("PUT", &format!("/dav/{}", encode_path(path)), &headers);
+        let resp = try_raw_exchange(self.addr, &head, body, std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        Resp { status: resp.status, headers: resp.headers, body: resp.body }
     }
 
     #[track_caller]

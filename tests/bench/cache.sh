@@ -19,9 +19,9 @@ LAT_ROUNDS=${BENCH_LAT_ROUNDS:-3}         # latency runs per proxy, taken in tur
 COLD_TIMEOUT=${BENCH_COLD_TIMEOUT:-300}   # seconds a cold client may take at most
 RELAIS_BIN=${RELAIS_BIN:-}                # a relais binary to use as is; unset: cargo build --release -p relais
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "cache.sh: $*"; exit 1; }
-phase() { say "== [${SECONDS}s] $*"; }
+BENCH_NAME=cache.sh
+# shellcheck source=lib.sh
+. "$ROOT/tests/bench/lib.sh"
 
 # --- tools ---------------------------------------------------------------------------------------------------
 find_tool() { command -v "$1" 2>/dev/null || { [[ -x "/usr/sbin/$1" ]] && echo "/usr/sbin/$1"; } || true; }
@@ -60,17 +60,6 @@ SQUID_PID=
 RELAIS_PID=
 BG_PIDS=()    # wrk and the cold clients while they run
 
-stop_pid() { # pid signal: signal, wait up to 10 s, then SIGKILL
-    local pid=$1 sig=$2 i
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
 
 # The processes a process started, theirs, and so on (a cold client is a subshell running curl in a pipeline).
 descendants() {
@@ -103,9 +92,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 wait_up() { # pid url [expected-body-prefix]: up to 30 s
     local i

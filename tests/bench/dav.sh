@@ -15,9 +15,9 @@ SMALL_KIB=${BENCH_SMALL_KIB:-16}     # size of each small file
 ROUNDS=${BENCH_ROUNDS:-2}            # each measurement is the best of this many rounds
 RELAIS_BIN=${RELAIS_BIN:-}           # a relais binary to use as is; unset: cargo build --release -p relais
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "dav.sh: $*"; exit 1; }
-phase() { say "== [${SECONDS}s] $*"; }
+BENCH_NAME=dav.sh
+# shellcheck source=lib.sh
+. "$ROOT/tests/bench/lib.sh"
 
 # --- tools -----------------------------------------------------------------------------------------------
 NGINX=$(command -v nginx || true)
@@ -46,17 +46,6 @@ chmod 755 "$WORK"
 RELAIS_PID=
 NGINX_PID=
 
-stop_pid() { # pid signal: signal, wait up to 10 s, then SIGKILL
-    local pid=$1 sig=$2 i
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     stop_pid "$RELAIS_PID" TERM
@@ -66,9 +55,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 wait_healthy() { # pid url
     local i

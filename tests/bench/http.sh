@@ -16,9 +16,9 @@ LOGINS=${BENCH_LOGINS:-30}           # simultaneous logins (that many distinct u
 RELAIS_BIN=${RELAIS_BIN:-}           # a relais binary to use as is; unset: cargo build --release -p relais
 RSS_LIMIT_MIB=${BENCH_RSS_LIMIT_MIB:-2048}  # stop opening sessions once relais grows past this (protects the machine)
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "http.sh: $*"; exit 1; }
-phase() { say "== [${SECONDS}s] $*"; }
+BENCH_NAME=http.sh
+# shellcheck source=lib.sh
+. "$ROOT/tests/bench/lib.sh"
 
 # --- tools -----------------------------------------------------------------------------------------------
 NGINX=$(command -v nginx || true)
@@ -51,17 +51,6 @@ RELAIS_PID=
 NGINX_PID=
 WRK_PID=
 
-stop_pid() { # pid signal: signal, wait up to 10 s, then SIGKILL
-    local pid=$1 sig=$2 i
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     stop_pid "$WRK_PID" TERM
@@ -72,9 +61,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 wait_healthy() { # name pid url
     local i

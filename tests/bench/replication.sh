@@ -24,9 +24,9 @@ RELAIS_BIN=${RELAIS_BIN:-}            # a relais binary to use as is; unset: car
 LINK_BPS=$(python3 -c "import re,sys; m=re.fullmatch(r'(\d+(?:\.\d+)?)(k|m|g)?bit','$RATE'.lower()); \
 sys.exit('BENCH_RATE: like 2mbit') if not m else print(int(float(m[1])*{None:1,'k':1e3,'m':1e6,'g':1e9}[m[2]]))")
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "replication.sh: $*"; exit 1; }
-phase() { say "== [${SECONDS}s] $*"; }
+BENCH_NAME=replication.sh
+# shellcheck source=lib.sh
+. "$ROOT/tests/bench/lib.sh"
 
 # --- tools ---------------------------------------------------------------------------------------------------
 missing=()

@@ -11,9 +11,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 RELAIS_BIN=${RELAIS_BIN:-}           # a relais binary to use as is; unset: cargo build --release -p relais
 REPORTS=${TLS_REPORTS:-}             # a folder to keep testssl.sh's full reports in (NAME.txt, NAME.json)
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "tls.sh: $*"; exit 1; }
-phase() { say "== [${SECONDS}s] $*"; }
+BENCH_NAME=tls.sh
+# shellcheck source=lib.sh
+. "$ROOT/tests/bench/lib.sh"
 
 # Findings that are accepted by design, by testssl id, with the reason printed beside them. Each is a
 # decision recorded in tests/bench/README.md, not a way to silence a regression: a new id still fails the run.
@@ -45,17 +45,6 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/relais-tls.XXXXXX")
 PIDS=()
 
-stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local pid

@@ -36,17 +36,7 @@ if ((${#missing[@]})); then
     exit 2
 fi
 
-RELAIS_FROM="given as RELAIS_BIN"
-if [[ -z "$RELAIS_BIN" ]]; then
-    RELAIS_FROM="built from $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")"
-    [[ -n "$(git -C "$ROOT" status --porcelain -- appliance firmware-config provisioning Cargo.toml Cargo.lock \
-        2>/dev/null)" ]] && RELAIS_FROM+=" + uncommitted changes"
-    phase "building relais (cargo build --release -p relais)"
-    (cd "$ROOT" && cargo build --release -p relais --quiet) || die "cargo build --release -p relais failed"
-    RELAIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/relais"
-fi
-[[ -x "$RELAIS_BIN" ]] || die "no relais binary at $RELAIS_BIN"
-RELAIS_BIN=$(realpath "$RELAIS_BIN")
+relais_binary
 
 ulimit -n 4096 2>/dev/null || true
 
@@ -104,17 +94,6 @@ wait_up() { # pid url [expected-body-prefix]: up to 30 s
 }
 
 CLK_TCK=$(getconf CLK_TCK)
-# CPU ticks (utime + stime) used so far by the given processes.
-cpu_ticks() {
-    local total=0 pid stat f
-    for pid in "$@"; do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        stat=${stat##*) }
-        read -r -a f <<<"$stat"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
 # A process and its children (nginx's workers and cache manager, squid's helpers).
 tree() { { echo "$1"; pgrep -P "$1" 2>/dev/null || true; } | tr '\n' ' '; }
 
@@ -150,11 +129,7 @@ http {
     sendfile on;
     keepalive_requests 1000000;
     default_type application/octet-stream;
-    client_body_temp_path $WORK/origin/tmp/body;
-    proxy_temp_path $WORK/origin/tmp/proxy;
-    fastcgi_temp_path $WORK/origin/tmp/fastcgi;
-    uwsgi_temp_path $WORK/origin/tmp/uwsgi;
-    scgi_temp_path $WORK/origin/tmp/scgi;
+$(nginx_temp_paths "$WORK/origin")
     server {
         listen 127.0.0.1:$ORIGIN_PORT;
         root $WORK/www;
@@ -207,11 +182,7 @@ http {
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
+$(nginx_temp_paths "$WORK/nginx")
     proxy_cache_path $WORK/nginx/cache levels=1:2 keys_zone=bench:16m max_size=2g inactive=1d use_temp_path=off;
     upstream origin {
         server 127.0.0.1:$ORIGIN_PORT;

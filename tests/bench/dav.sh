@@ -32,12 +32,7 @@ if ((${#missing[@]})); then
 fi
 "$NGINX" -V 2>&1 | grep -q with-http_dav_module || { say "dav.sh: this nginx lacks the WebDAV module"; exit 2; }
 
-if [[ -z "$RELAIS_BIN" ]]; then
-    phase "building relais (cargo build --release -p relais)"
-    (cd "$ROOT" && cargo build --release -p relais --quiet) || die "cargo build --release -p relais failed"
-    RELAIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/relais"
-fi
-[[ -x "$RELAIS_BIN" ]] || die "no relais binary at $RELAIS_BIN"
+relais_binary
 
 # --- scratch space and teardown ------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/relais-bench-dav.XXXXXX")
@@ -94,11 +89,7 @@ http {
     tcp_nopush on;
     keepalive_requests 1000000;
     default_type application/octet-stream;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
+$(nginx_temp_paths "$WORK/nginx")
     server {
         listen 127.0.0.1:$NGINX_PORT;
         root $WORK/nginx/root;

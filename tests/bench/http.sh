@@ -33,12 +33,7 @@ if ((${#missing[@]})); then
     exit 2
 fi
 
-if [[ -z "$RELAIS_BIN" ]]; then
-    phase "building relais (cargo build --release -p relais)"
-    (cd "$ROOT" && cargo build --release -p relais --quiet) || die "cargo build --release -p relais failed"
-    RELAIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/relais"
-fi
-[[ -x "$RELAIS_BIN" ]] || die "no relais binary at $RELAIS_BIN"
+relais_binary
 
 # 500 held connections on each side, plus files: more than some default soft limits allow.
 ulimit -n 4096 2>/dev/null || true
@@ -74,16 +69,6 @@ wait_healthy() { # name pid url
 
 # CPU seconds a set of processes have used so far (utime + stime, from /proc/PID/stat).
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() {
-    local total=0 pid stat f
-    for pid in "$@"; do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        stat=${stat##*) }           # the command name may contain spaces; fields restart after ") "
-        read -r -a f <<<"$stat"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
 
 # --- the files ---------------------------------------------------------------------------------------------
 mkdir -p "$WORK/www" "$WORK/relais-data" "$WORK/nginx/tmp"
@@ -106,11 +91,7 @@ http {
     tcp_nopush on;
     keepalive_requests 1000000;
     default_type application/octet-stream;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
+$(nginx_temp_paths "$WORK/nginx")
     server {
         listen 127.0.0.1:$NGINX_PORT;
         root $WORK/www;

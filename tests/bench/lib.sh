@@ -20,3 +20,39 @@ stop_pid() { # pid [signal]: signal (TERM by default), wait up to 10 s, then SIG
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# Sets RELAIS_BIN to an absolute path: as given, or built from this checkout (`cargo build --release -p relais`);
+# RELAIS_FROM says which, for the summary.
+relais_binary() {
+    RELAIS_FROM="given as RELAIS_BIN"
+    if [[ -z "${RELAIS_BIN:-}" ]]; then
+        RELAIS_FROM="built from $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")"
+        [[ -n "$(git -C "$ROOT" status --porcelain -- appliance firmware-config provisioning Cargo.toml Cargo.lock \
+            2>/dev/null)" ]] && RELAIS_FROM+=" + uncommitted changes"
+        phase "building relais (cargo build --release -p relais)"
+        (cd "$ROOT" && cargo build --release -p relais --quiet) || die "cargo build --release -p relais failed"
+        RELAIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/relais"
+    fi
+    [[ -x "$RELAIS_BIN" ]] || die "no relais binary at $RELAIS_BIN"
+    RELAIS_BIN=$(realpath "$RELAIS_BIN")
+}
+
+# CPU ticks (utime + stime) used so far by the given processes.
+cpu_ticks() {
+    local total=0 pid stat f
+    for pid in "$@"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        stat=${stat##*) } # the command name may contain spaces; fields restart after ") "
+        read -r -a f <<<"$stat"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# The temporary folders of an nginx running from DIR (inside its `http` block): nginx otherwise wants its
+# compiled-in paths, which a non-root run cannot write.
+nginx_temp_paths() { # dir
+    local t=$1/tmp
+    printf '    client_body_temp_path %s/body;\n    proxy_temp_path %s/proxy;\n    fastcgi_temp_path %s/fastcgi;\n' "$t" "$t" "$t"
+    printf '    uwsgi_temp_path %s/uwsgi;\n    scgi_temp_path %s/scgi;\n' "$t" "$t"
+}

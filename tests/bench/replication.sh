@@ -37,13 +37,7 @@ if ((${#missing[@]})); then
 fi
 [[ $EUID -eq 0 ]] || { say "replication.sh: run as root (network namespaces, and files written inside them)"; exit 2; }
 
-if [[ -z "$RELAIS_BIN" ]]; then
-    phase "building relais (cargo build --release -p relais)"
-    (cd "$ROOT" && cargo build --release -p relais --quiet) || die "cargo build --release -p relais failed"
-    RELAIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/relais"
-fi
-[[ -x "$RELAIS_BIN" ]] || die "no relais binary at $RELAIS_BIN"
-RELAIS_BIN=$(realpath "$RELAIS_BIN")
+relais_binary
 
 # --- scratch space and teardown --------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/relais-bench-repl.XXXXXX")

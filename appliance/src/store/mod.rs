@@ -600,12 +600,18 @@ impl Store {
             }
         };
         drop(guard);
+        self.settle(released, Written { entry, created }).await
+    }
+
+    /// After a file's transaction: made durable, replication woken, the content it replaced released (only
+    /// now: released earlier, a crash could bring back an entry whose content is gone).
+    pub(super) async fn settle(&self, released: Option<Hash>, written: Written) -> Result<Written, StoreError> {
         self.flush().await?;
         self.changed.notify_one();
         if let Some(old) = released {
             self.release(old).await?;
         }
-        Ok(Written { entry, created })
+        Ok(written)
     }
 
     /// Creates a folder and its missing parents. `Exists` if a folder is already there.

@@ -112,11 +112,6 @@ impl Store {
                 Ok(done)
             }))?;
         drop(guard);
-        self.flush().await?;
-        self.changed.notify_one();
-        if let Some(old) = released {
-            self.release(old).await?;
-        }
-        Ok(Written { entry, created })
+        self.settle(released, Written { entry, created }).await
     }
 }

@@ -248,6 +248,12 @@ impl BlobWriter {
 
     /// Writes the buffered bytes on a blocking thread.
     async fn drain(&mut self) -> Result<(), StoreError> {
+        self.write_out(false).await
+    }
+
+    /// Writes the buffered bytes, and with `sync` fsyncs the file, in one trip to a blocking thread (each trip
+    /// is a thread handoff, which a client uploading many small files pays per file).
+    async fn write_out(&mut self, sync: bool) -> Result<(), StoreError> {
         let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH));
         let Some(mut file) = self.file.take() else {
             return Err(StoreError::io(&self.path, io::Error::other("writer already failed")));
@@ -260,6 +266,9 @@ impl BlobWriter {
             ensure_room_leaving(&dir, buf.len() as u64, KEEP_FREE_FOR_USERS).map_err(|e| StoreError::io(&path, e))?;
             hasher.update(&buf);
             file.write_all(&buf).map_err(|e| StoreError::io(&path, e))?;
+            if sync {
+                file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+            }
             Ok::<_, StoreError>((file, hasher))
         })
         .await
@@ -271,18 +280,14 @@ impl BlobWriter {
 
     /// Flushes, fsyncs and hands over the temporary file with its hash.
     pub async fn finish(mut self) -> Result<Staged, StoreError> {
-        self.drain().await?;
+        self.write_out(true).await?;
         let Some(file) = self.file.take() else {
             return Err(StoreError::io(&self.path, io::Error::other("writer already failed")));
         };
+        drop(file);
         let path = std::mem::take(&mut self.path);
         let hash = Hash(*self.hasher.finalize().as_bytes());
-        let size = self.size;
-        let synced = path.clone();
-        tokio::task::spawn_blocking(move || file.sync_all().map_err(|e| StoreError::io(&synced, e)))
-            .await
-            .map_err(|e| StoreError::io(&path, io::Error::other(e)))??;
-        Ok(Staged { path: Some(path), hash, size })
+        Ok(Staged { path: Some(path), hash, size: self.size })
     }
 }
 

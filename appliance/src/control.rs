@@ -48,8 +48,10 @@ pub fn socket_path(data: &Path) -> PathBuf {
 
 /// Listens on the control socket until `stop` turns true. A socket left by a killed daemon is replaced: the
 /// caller holds the data folder's lock, so no other daemon can be behind it.
-pub async fn serve(app: Arc<App>, mut stop: watch::Receiver<bool>) -> Result<(), ControlError> {
-    let path = socket_path(&app.config.storage.data);
+/// Binds the control socket of the data folder `data`. Done before the daemon says it listens, so a technician
+/// command run at that moment finds the socket.
+pub fn bind(data: &Path) -> Result<UnixListener, ControlError> {
+    let path = socket_path(data);
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| ControlError::Io { path, source }
@@ -67,6 +69,11 @@ pub async fn serve(app: Arc<App>, mut stop: watch::Receiver<bool>) -> Result<(),
     let listener = UnixListener::bind(&fresh).map_err(io_err(&fresh))?;
     std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600)).map_err(io_err(&fresh))?;
     std::fs::rename(&fresh, &path).map_err(io_err(&path))?;
+    Ok(listener)
+}
+
+/// Answers technician commands on `listener` until `stop` changes.
+pub async fn serve(app: Arc<App>, listener: UnixListener, mut stop: watch::Receiver<bool>) -> Result<(), ControlError> {
     let me = nix::unistd::geteuid().as_raw();
     loop {
         let stream = tokio::select! {
@@ -100,7 +107,7 @@ pub async fn serve(app: Arc<App>, mut stop: watch::Receiver<bool>) -> Result<(),
             }
         });
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(socket_path(&app.config.storage.data));
     Ok(())
 }
 

@@ -130,8 +130,13 @@ pub fn spawn_control(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let app = app.clone();
+    let bound = crate::control::bind(&app.config.storage.data);
     tokio::spawn(async move {
-        if let Err(e) = crate::control::serve(app, stop).await {
+        let served = match bound {
+            Ok(listener) => crate::control::serve(app, listener, stop).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = served {
             log::warn!("control socket unavailable ({e}); relais status and backup will not reach this daemon");
         }
     })

@@ -62,6 +62,8 @@ fn serve(args: ServeArgs) -> Outcome {
         // Plain HTTP beside HTTPS, as on a box: the revocation lists the region's certificates name
         // (`http://<gateway>/crl/…`), `/ca.crt`, and a redirect to HTTPS for anything else.
         let redirect = redirect::bind(&app.config.lan, true).await.map_err(Failure::runtime)?;
+        let (stop_control, control_stopped) = tokio::sync::watch::channel(false);
+        let control = super::spawn_control(&app, control_stopped);
         let (listener, shutdown) = super::listen(&app, "https", admin_password).await?;
         let shutdown = server::Shutdown::spawn(shutdown);
         let redirecting = match redirect {
@@ -75,8 +77,6 @@ fn serve(args: ServeArgs) -> Outcome {
             None => None,
         };
         let transport = Transport::Tls(Arc::new(GatewaySource(gateway)));
-        let (stop_control, control_stopped) = tokio::sync::watch::channel(false);
-        let control = super::spawn_control(&app, control_stopped);
         let served = server::run(app, listener, transport, shutdown.wait()).await;
         let _ = stop_control.send(true);
         let _ = control.await;

@@ -15,6 +15,10 @@ pub fn run(args: ServeArgs) -> Outcome {
         let (app, admin_password) =
             App::open(config, &data).await.map_err(|e| Failure::runtime(format!("{}: {e}", data.display())))?;
         let redirect = redirect::bind(&app.config.lan, tls).await.map_err(Failure::runtime)?;
+        // Workers stop once the server has; technician commands (status, backup) reach the daemon through its
+        // control socket, bound before the daemon says it listens.
+        let (stop_enroll, enroll_stopped) = tokio::sync::watch::channel(false);
+        let control = super::spawn_control(&app, enroll_stopped.clone());
         let (listener, shutdown) = super::listen(&app, if tls { "https" } else { "http" }, admin_password).await?;
         let shutdown = server::Shutdown::spawn(shutdown);
         let redirecting = match redirect {
@@ -27,8 +31,7 @@ pub fn run(args: ServeArgs) -> Outcome {
             }
             None => None,
         };
-        // Enrollment and renewal with the regional gateway, beside the portal; stopped once the server is.
-        let (stop_enroll, enroll_stopped) = tokio::sync::watch::channel(false);
+        // Enrollment and renewal with the regional gateway, beside the portal.
         let enroll = crate::enroll::spawn(&app.config, enroll_stopped.clone());
         if let Some(worker) = &enroll {
             let _ = app.enroll.set(worker.handle.clone());
@@ -68,8 +71,7 @@ pub fn run(args: ServeArgs) -> Outcome {
         if let Some((status, _)) = &prefetch {
             let _ = app.prefetch.set(status.clone());
         }
-        // Technician commands (status, backup) reach the daemon through its control socket.
-        let control = super::spawn_control(&app, enroll_stopped);
+        drop(enroll_stopped);
         let served = server::run(app, listener, transport, shutdown.wait()).await;
         let _ = stop_enroll.send(true);
         let _ = control.await;

@@ -119,17 +119,9 @@ chmod -R a+rX "$WORK/objects" "$WORK/www"
 ORIGIN_PORT=$(free_port)
 mkdir -p "$WORK/origin/tmp"
 cat >"$WORK/origin/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/origin/nginx.pid;
-error_log $WORK/origin/error.log warn;
-events { worker_connections 1024; }
-http {
+$(nginx_head "$WORK/origin" 1)
     log_format bytes '\$request_uri \$status \$body_bytes_sent "\$http_range" "\$http_user_agent"';
     access_log $WORK/origin/access.log bytes;
-    sendfile on;
-    keepalive_requests 1000000;
-    default_type application/octet-stream;
-$(nginx_temp_paths "$WORK/origin")
     server {
         listen 127.0.0.1:$ORIGIN_PORT;
         root $WORK/www;
@@ -173,16 +165,8 @@ NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx/tmp" "$WORK/nginx/cache"
 [[ $EUID -eq 0 ]] && chown nobody "$WORK/nginx/cache" "$WORK/nginx/tmp"
 cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
+$(nginx_head "$WORK/nginx" 2)
     access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-$(nginx_temp_paths "$WORK/nginx")
     proxy_cache_path $WORK/nginx/cache levels=1:2 keys_zone=bench:16m max_size=2g inactive=1d use_temp_path=off;
     upstream origin {
         server 127.0.0.1:$ORIGIN_PORT;

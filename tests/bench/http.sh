@@ -81,17 +81,8 @@ chmod 644 "$WORK/www/big.bin" "$WORK/www/small.bin"
 # --- nginx -------------------------------------------------------------------------------------------------
 NGINX_PORT=$(free_port)
 cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
+$(nginx_head "$WORK/nginx" 2)
     access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    default_type application/octet-stream;
-$(nginx_temp_paths "$WORK/nginx")
     server {
         listen 127.0.0.1:$NGINX_PORT;
         root $WORK/www;

@@ -49,10 +49,15 @@ cpu_ticks() {
     echo "$total"
 }
 
-# The temporary folders of an nginx running from DIR (inside its `http` block): nginx otherwise wants its
-# compiled-in paths, which a non-root run cannot write.
-nginx_temp_paths() { # dir
-    local t=$1/tmp
+# The start of the nginx.conf of an nginx running from DIR with WORKERS workers, up to inside its `http` block:
+# its pid, error log and temporary folders in DIR (nginx otherwise wants its compiled-in paths, which a non-root
+# run cannot write), sendfile and long keep-alive, as every bench's nginx uses. The caller adds the rest.
+nginx_head() { # dir workers
+    local d=$1 t=$1/tmp
+    printf 'worker_processes %s;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n' "$2" "$d" "$d"
+    printf 'events { worker_connections 1024; }\nhttp {\n'
+    printf '    sendfile on;\n    tcp_nopush on;\n    keepalive_requests 1000000;\n'
+    printf '    default_type application/octet-stream;\n'
     printf '    client_body_temp_path %s/body;\n    proxy_temp_path %s/proxy;\n    fastcgi_temp_path %s/fastcgi;\n' "$t" "$t" "$t"
     printf '    uwsgi_temp_path %s/uwsgi;\n    scgi_temp_path %s/scgi;\n' "$t" "$t"
 }

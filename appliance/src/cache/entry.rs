@@ -163,13 +163,20 @@ pub fn remove(root: &Path, key: &str, generation: u64) {
     let _ = std::fs::remove_file(body_path(root, key, generation));
 }
 
-/// Reads one stored slice and, unless `trusted`, checks it against its hash.
-pub fn read_slice(file: &File, path: &Path, meta: &Meta, slice: usize, trusted: bool) -> Result<Vec<u8>, EntryError> {
+/// Reads one stored slice of a body of `length` bytes and, unless `trusted`, checks it against `expected`, the
+/// slice's hash in the head (`None`: not stored).
+pub fn read_slice(
+    file: &File,
+    path: &Path,
+    length: Option<u64>,
+    slice: usize,
+    expected: Option<&str>,
+    trusted: bool,
+) -> Result<Vec<u8>, EntryError> {
     let start = slice as u64 * SLICE;
-    let end = meta.length.map_or(start + SLICE, |len| (start + SLICE).min(len));
+    let end = length.map_or(start + SLICE, |len| (start + SLICE).min(len));
     let mut buf = vec![0; end.saturating_sub(start) as usize];
     file.read_exact_at(&mut buf, start).map_err(io(path))?;
-    let expected = meta.slices.get(slice).and_then(Option::as_deref);
     if trusted && expected.is_some() {
         return Ok(buf);
     }
@@ -227,12 +234,15 @@ mod tests {
         write_meta(dir.path(), &key, &m).expect("write");
         assert_eq!(read_meta(&meta_path(dir.path(), &key)).expect("read"), m);
         let file = File::open(&body).expect("open");
-        assert_eq!(read_slice(&file, &body, &m, 1, false).expect("slice").len(), 5);
+        assert_eq!(read_slice(&file, &body, m.length, 1, m.slices[1].as_deref(), false).expect("slice").len(), 5);
         let writer = std::fs::OpenOptions::new().write(true).open(&body).expect("open for writing");
         writer.write_all_at(b"X", SLICE + 2).expect("damage");
-        assert!(matches!(read_slice(&file, &body, &m, 1, false), Err(EntryError::Corrupt { slice: 1, .. })));
-        assert!(read_slice(&file, &body, &m, 0, false).is_ok());
-        assert!(read_slice(&file, &body, &m, 1, true).is_ok());
+        assert!(matches!(
+            read_slice(&file, &body, m.length, 1, m.slices[1].as_deref(), false),
+            Err(EntryError::Corrupt { slice: 1, .. })
+        ));
+        assert!(read_slice(&file, &body, m.length, 0, m.slices[0].as_deref(), false).is_ok());
+        assert!(read_slice(&file, &body, m.length, 1, m.slices[1].as_deref(), true).is_ok());
         assert_ne!(key, super::key("http://x/a", &["gzip".into()]));
     }
 }

@@ -98,20 +98,7 @@ pub async fn run(cache: Arc<Cache>, object: Arc<Object>, fill: Arc<Fill>, mut bo
             && meta.stored_prefix() > 0;
         (outcome.is_ok() || resumable, meta)
     };
-    let saved = if keep {
-        let root = cache.index.root().to_owned();
-        let key = object.key.clone();
-        let meta = meta.clone();
-        tokio::task::spawn_blocking(move || {
-            File::open(entry::body_path(&root, &key, meta.generation)).and_then(|f| f.sync_all()).ok();
-            entry::write_meta(&root, &key, &meta)
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    } else {
-        Err("not resumable".into())
-    };
+    let saved = if keep { save(&cache, &object.key, meta.clone()).await } else { Err("not resumable".into()) };
     match saved {
         Ok(()) => {
             let mut state = object.lock();
@@ -281,12 +268,19 @@ async fn write_batch(
 
 /// Saves the head of an object still downloading, so that a crash keeps the slices already hashed.
 async fn save_partial(cache: &Arc<Cache>, object: &Arc<Object>) {
-    let meta = object.meta();
-    let root = cache.index.root().to_owned();
-    let key = object.key.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        File::open(entry::body_path(&root, &key, meta.generation)).and_then(|f| f.sync_data()).ok();
-        entry::write_meta(&root, &key, &meta)
+    if let Err(e) = save(cache, &object.key, object.meta()).await {
+        log::warn!("cache: {e}");
+    }
+}
+
+/// Makes an object's body durable, then its head (in that order: see `entry`).
+async fn save(cache: &Cache, key: &str, meta: entry::Meta) -> Result<(), String> {
+    let (root, key) = (cache.index.root().to_owned(), key.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let body = entry::body_path(&root, &key, meta.generation);
+        File::open(&body).and_then(|f| f.sync_data()).map_err(|e| format!("{}: {e}", body.display()))?;
+        entry::write_meta(&root, &key, &meta).map_err(|e| e.to_string())
     })
-    .await;
+    .await
+    .map_err(|e| e.to_string())?
 }

@@ -417,7 +417,9 @@ impl Cache {
             tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 todo.iter().try_for_each(|&i| {
-                    entry::read_slice(&file, &path, &meta, i, false).map(drop).map_err(|e| e.to_string())
+                    entry::read_slice(&file, &path, meta.length, i, meta.slices[i].as_deref(), false)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
                 })
             })
             .await
@@ -755,21 +757,22 @@ impl Cache {
         object: Arc<Object>,
         request: &Request,
         outcome: Outcome,
-        warning: Option<&str>,
+        warning: Option<&'static str>,
     ) -> Response {
         let meta = object.meta();
         let mut headers = meta.header_map();
-        let age = meta.with_stored(|stored| policy::current_age(stored.headers, stored.times, now()));
+        let (age, stale) = {
+            let stored = policy::Stored { status: meta.status(), headers: &headers, times: meta.times() };
+            let now = now();
+            (policy::current_age(&headers, stored.times, now), policy::is_stale(&stored, now))
+        };
         headers.insert(header::AGE, HeaderValue::from(age));
         headers.insert(X_CACHE, HeaderValue::from_static(outcome.header()));
-        let stale = meta.with_stored(|stored| policy::is_stale(stored, now()));
+        if outcome == Outcome::Stale || (stale && outcome == Outcome::Hit) {
+            headers.append(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+        }
         if let Some(warning) = warning {
-            headers.append(header::WARNING, HeaderValue::from_static(STALE_WARNING));
-            if warning != STALE_WARNING {
-                headers.append(header::WARNING, HeaderValue::from_str(warning).unwrap_or(HeaderValue::from_static("")));
-            }
-        } else if stale && outcome == Outcome::Hit {
-            headers.append(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+            headers.append(header::WARNING, HeaderValue::from_static(warning));
         }
         let status = meta.status();
         if status == StatusCode::OK && policy::not_modified(&request.headers, &headers) {
@@ -877,22 +880,26 @@ impl Cache {
         loop {
             // Where the object stands now: its slices, its length, its download.
             let slice = (pos / SLICE) as usize;
-            let (meta, fill, trusted) = {
+            // Only what this step needs: the head's headers and other slices are not copied per slice.
+            let (current, length, hash, fill, trusted) = {
                 let state = object.lock();
-                (state.meta.clone(), state.fill.clone(), state.is_verified(slice))
+                let hash = state.meta.slices.get(slice).cloned().flatten();
+                (state.meta.generation, state.meta.length, hash, state.fill.clone(), state.is_verified(slice))
             };
-            if meta.generation != generation {
+            if current != generation {
                 return Err(std::io::Error::other("the object changed upstream while it was being sent"));
             }
-            let end_now = end.or(meta.length);
+            let end_now = end.or(length);
             if end_now.is_some_and(|e| pos >= e) {
                 return Ok(());
             }
-            if meta.slices.get(slice).is_some_and(Option::is_some) {
-                let (file, path, meta2) = (file.clone(), path.clone(), meta.clone());
-                let data = tokio::task::spawn_blocking(move || entry::read_slice(&file, &path, &meta2, slice, trusted))
-                    .await
-                    .map_err(std::io::Error::other)?;
+            if hash.is_some() {
+                let (file, path) = (file.clone(), path.clone());
+                let data = tokio::task::spawn_blocking(move || {
+                    entry::read_slice(&file, &path, length, slice, hash.as_deref(), trusted)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
                 let data = match data {
                     Ok(data) => data,
                     Err(e) => {
@@ -930,7 +937,7 @@ impl Cache {
                     continue;
                 }
                 None => {
-                    if meta.length.is_some_and(|len| pos >= len) {
+                    if length.is_some_and(|len| pos >= len) {
                         return Ok(());
                     }
                     // Nothing stored here and nothing coming: fetch the rest (a download cut earlier).
